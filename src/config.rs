@@ -1,0 +1,357 @@
+//! Typed configuration: defaults, the TOML file and `PUSHI_<SECTION>__<KEY>` environment
+//! variables, layered with figment, then validated.
+//!
+//! Owns: the config structs, their defaults, loading and validation, secret redaction in `Debug`.
+//! Must not touch: sockets, the registry, or the environment outside [`load`].
+//!
+//! Config fails closed: an unknown key, a value of the wrong type or an invalid value is an
+//! error naming the key (`apps[0].max_connections`, `server.port`, ...), never a silent default.
+
+use std::fmt;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Problems found while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file named with `--config` / `PUSHI_CONFIG` does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(String),
+    /// figment could not parse or extract the configuration (its message names the key).
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// Values that parse but make no sense; one line per problem.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener and connection timing.
+    pub server: ServerConfig,
+    /// Pusher's documented limits.
+    pub limits: LimitsConfig,
+    /// The apps served by the static app store.
+    pub apps: Vec<AppConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0 picks a free port, which the log then names).
+    pub port: u16,
+    /// Seconds of client silence before the server sends `pusher:ping`; advertised to clients
+    /// in `pusher:connection_established`.
+    pub activity_timeout: u64,
+    /// Seconds to wait for any frame after a server `pusher:ping` before closing with 4201.
+    pub pong_timeout: u64,
+    /// Frames that may wait for one slow client before it is disconnected (4202... see
+    /// `protocol::codes`).
+    pub max_queued_messages: usize,
+    /// Seconds that graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            activity_timeout: 120,
+            pong_timeout: 30,
+            max_queued_messages: 512,
+            shutdown_timeout: 10,
+        }
+    }
+}
+
+/// `[limits]`: defaults are Pusher's documented limits (PUSHER-SPEC 1.7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest event `data`, in KiB (HTTP 413 / `pusher:error` above it).
+    pub max_event_payload_kb: usize,
+    /// Most channels one `POST /events` may name.
+    pub max_channels_per_event: usize,
+    /// Most events in one `POST /batch_events`.
+    pub max_batch_size: usize,
+    /// Most members in one presence channel.
+    pub max_presence_members: usize,
+    /// Largest presence `user_info`, in KiB.
+    pub max_presence_user_info_kb: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_payload_kb: 10,
+            max_channels_per_event: 100,
+            max_batch_size: 10,
+            max_presence_members: 100,
+            max_presence_user_info_kb: 1,
+        }
+    }
+}
+
+/// `[[apps]]`: one Pusher app.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// App id, used in HTTP API paths. A string; keep it numeric for the Python SDK.
+    pub id: String,
+    /// Public key, used in the WebSocket path and in signatures.
+    pub key: String,
+    /// Secret used to sign; never logged.
+    pub secret: String,
+    /// A disabled app refuses connections (4003) and API calls (403).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Allow `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub client_events: bool,
+    /// Send `pusher_internal:subscription_count` to subscribers.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Require a sign-in (or a private subscription) within a timeout.
+    #[serde(default)]
+    pub authorized_connections: bool,
+    /// Most concurrent connections; 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Client events one connection may send per second (Pusher: 10).
+    #[serde(default = "ten")]
+    pub max_client_events_per_second: u32,
+    /// Webhook targets.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn ten() -> u32 {
+    10
+}
+
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .field("client_events", &self.client_events)
+            .field("subscription_count", &self.subscription_count)
+            .field("authorized_connections", &self.authorized_connections)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_client_events_per_second",
+                &self.max_client_events_per_second,
+            )
+            .field("webhooks", &self.webhooks)
+            .finish()
+    }
+}
+
+/// `[[apps.webhooks]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL that receives the POSTs.
+    pub url: String,
+    /// Event types to send; empty = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+/// The webhook event types Pusher defines.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
+
+/// Loads the configuration: defaults, then `path` (which must exist), then the environment.
+pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = path {
+        // `Toml::file` silently skips a missing file; a named config file must exist.
+        if !path.is_file() {
+            return Err(Error::Missing(path.display().to_string()));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // Only `PUSHI_<SECTION>__<KEY>` names are config keys; names without a double underscore
+    // (`PUSHI_CONFIG`, variables of tools that share the prefix) are not, and are left alone.
+    let env = Env::prefixed("PUSHI_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__");
+    extract(figment.merge(env))
+}
+
+/// Parses a configuration from TOML text alone (no environment); used by tests and tools.
+pub fn from_toml(text: &str) -> Result<Config, Error> {
+    extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+}
+
+fn extract(figment: Figment) -> Result<Config, Error> {
+    let config: Config = figment.extract().map_err(Box::new)?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// Checks values that parse but are wrong; reports every problem at once.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let s = &self.server;
+        if s.activity_timeout == 0 {
+            problems.push("server.activity_timeout: must be at least 1 second".to_string());
+        }
+        if s.pong_timeout == 0 {
+            problems.push("server.pong_timeout: must be at least 1 second".to_string());
+        }
+        if s.max_queued_messages == 0 {
+            problems.push("server.max_queued_messages: must be at least 1".to_string());
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("limits.max_event_payload_kb", l.max_event_payload_kb),
+            ("limits.max_channels_per_event", l.max_channels_per_event),
+            ("limits.max_batch_size", l.max_batch_size),
+            ("limits.max_presence_members", l.max_presence_members),
+            ("limits.max_presence_user_info_kb", l.max_presence_user_info_kb),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.is_empty() {
+                    problems.push(format!("apps[{i}].{field}: must not be empty"));
+                }
+            }
+            if !app.key.is_empty() && !app.key.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+            {
+                problems.push(format!(
+                    "apps[{i}].key: only printable ASCII without '/' is allowed"
+                ));
+            }
+            if !ids.insert(app.id.as_str()) {
+                problems.push(format!("apps[{i}].id: duplicate app id {:?}", app.id));
+            }
+            if !keys.insert(app.key.as_str()) {
+                problems.push(format!("apps[{i}].key: duplicate app key {:?}", app.key));
+            }
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                    problems.push(format!(
+                        "apps[{i}].webhooks[{j}].url: must start with http:// or https://"
+                    ));
+                }
+                for t in &hook.event_types {
+                    if !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
+                        problems.push(format!(
+                            "apps[{i}].webhooks[{j}].event_types: unknown type {t:?} (known: {})",
+                            WEBHOOK_EVENT_TYPES.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_config_parses() {
+        let text = include_str!("../config.toml");
+        let config = from_toml(text).expect("config.toml is valid");
+        assert_eq!(config.server.port, 6001);
+        assert_eq!(config.apps[0].id, "1");
+        assert_eq!(config.apps[0].key, "app-key");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = from_toml("[server]\nprot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+        let err = from_toml("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\nclient_event = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_event"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = from_toml("[server]\nport = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported() {
+        let text = "[limits]\nmax_batch_size = 0\n[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"\"\n\
+                    [[apps.webhooks]]\nurl=\"ftp://x\"\nevent_types=[\"nope\"]\n";
+        let err = from_toml(text).unwrap_err().to_string();
+        for needle in [
+            "limits.max_batch_size",
+            "apps[0].secret",
+            "apps[0].webhooks[0].url",
+            "apps[0].webhooks[0].event_types",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nport = 7000\n")?;
+            jail.set_env("PUSHI_SERVER__PORT", "7001");
+            jail.set_env("PUSHI_LIMITS__MAX_BATCH_SIZE", "5");
+            let config = load(Some(Path::new("c.toml"))).expect("loads");
+            assert_eq!(config.server.port, 7001);
+            assert_eq!(config.limits.max_batch_size, 5);
+            jail.set_env("PUSHI_SERVER__NOPE", "1");
+            let err = load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/pushi.toml"))).unwrap_err();
+        assert!(matches!(err, Error::Missing(_)));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = from_toml("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"hunter2\"\n").unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

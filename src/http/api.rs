@@ -1,0 +1,310 @@
+//! The Pusher HTTP API endpoints (PUSHER-SPEC 2.2), one function each, behind [`handle`],
+//! which finds the app and checks the request signature first.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+use warp::http::Method;
+
+use super::ApiError;
+use crate::apps::App;
+use crate::auth::{self, SignedRequest};
+use crate::protocol::{message, ChannelKind, ChannelName, SocketId, MAX_EVENT_NAME_LEN};
+use crate::registry::{ChannelStats, Frame};
+use crate::server::Context;
+
+/// A request as received, before any check.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request<'a> {
+    pub(super) app_id: &'a str,
+    /// Path after `/apps/{app_id}/`.
+    pub(super) tail: &'a str,
+    pub(super) method: &'a Method,
+    /// Full path as sent (signed).
+    pub(super) path: &'a str,
+    pub(super) query: &'a str,
+    pub(super) body: &'a [u8],
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Finds the app, verifies the signature, then runs the endpoint.
+pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, ApiError> {
+    let app = ctx
+        .apps
+        .find_by_id(req.app_id)
+        .await
+        .ok_or_else(|| ApiError::AppNotFound(req.app_id.to_string()))?;
+    let signed = SignedRequest {
+        method: req.method.as_str(),
+        path: req.path,
+        query: req.query,
+        body: req.body,
+    };
+    let params = auth::verify_request(signed, &app.key, &app.secret, now_unix())?;
+    if !app.enabled {
+        return Err(ApiError::AppDisabled);
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let segments: Vec<String> = req
+        .tail
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let get = req.method == Method::GET;
+    let post = req.method == Method::POST;
+    match segments.as_slice() {
+        ["events"] if post => events(ctx, &app, req.body).await,
+        ["batch_events"] if post => batch_events(ctx, &app, req.body).await,
+        ["channels"] if get => channels(ctx, &app, param("filter_by_prefix"), param("info")).await,
+        ["channels", channel] if get => channel_info(ctx, &app, channel, param("info")).await,
+        ["channels", channel, "users"] if get => users(ctx, &app, channel).await,
+        ["users", _user, "terminate_connections"] if post => Ok(json!({})),
+        ["events"] | ["batch_events"] | ["channels"] | ["channels", _] | ["channels", _, "users"]
+        | ["users", _, "terminate_connections"] => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound(req.path.to_string())),
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad("Request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("Request body is not valid JSON: {e}"))),
+    }
+}
+
+/// One event of `events` or `batch_events`, checked.
+struct Event {
+    name: String,
+    data: String,
+    channels: Vec<ChannelName>,
+    except: Option<SocketId>,
+    info: Vec<String>,
+}
+
+fn parse_event(ctx: &Context, obj: &Map<String, Value>, batch: bool) -> Result<Event, ApiError> {
+    let limits = &ctx.config.limits;
+    let name = match obj.get("name") {
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        Some(_) => return Err(ApiError::bad("'name' must be a non-empty string")),
+        None => return Err(ApiError::bad("Missing 'name'")),
+    };
+    if name.len() > MAX_EVENT_NAME_LEN {
+        return Err(ApiError::bad(format!(
+            "Event name too long: at most {MAX_EVENT_NAME_LEN} characters"
+        )));
+    }
+    let data = match obj.get("data") {
+        Some(Value::String(d)) => d.clone(),
+        Some(_) => return Err(ApiError::bad("'data' must be a string (JSON-encode objects)")),
+        None => return Err(ApiError::bad("Missing 'data'")),
+    };
+    let limit = limits.max_event_payload_kb * 1024;
+    if data.len() > limit {
+        return Err(ApiError::TooLarge(format!(
+            "Event data too large: {} bytes, the limit is {limit} bytes",
+            data.len()
+        )));
+    }
+    let names: Vec<&str> = match (obj.get("channels"), obj.get("channel")) {
+        (Some(_), _) if batch => {
+            return Err(ApiError::bad("Batch events take a single 'channel', not 'channels'"))
+        }
+        (Some(Value::Array(list)), None) => list
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| ApiError::bad("'channels' must be strings")))
+            .collect::<Result<_, _>>()?,
+        (None, Some(Value::String(c))) => vec![c.as_str()],
+        (Some(_), Some(_)) => return Err(ApiError::bad("Give 'channels' or 'channel', not both")),
+        (None, None) => return Err(ApiError::bad("Missing 'channels' (or 'channel')")),
+        _ => return Err(ApiError::bad("'channels' must be an array, 'channel' a string")),
+    };
+    if names.is_empty() {
+        return Err(ApiError::bad("'channels' must not be empty"));
+    }
+    if names.len() > limits.max_channels_per_event {
+        return Err(ApiError::bad(format!(
+            "Too many channels: {}, at most {} per event",
+            names.len(),
+            limits.max_channels_per_event
+        )));
+    }
+    let channels = names
+        .iter()
+        .map(|n| ChannelName::parse(n).map_err(|e| ApiError::bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let except = match obj.get("socket_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => SocketId::parse(s)
+            .map_err(|_| ApiError::bad(format!("Invalid socket_id {s:?}: expected <digits>.<digits>")))?,
+        Some(_) => return Err(ApiError::bad("'socket_id' must be a string")),
+    };
+    let info = match obj.get("info") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => parse_info(s, &["user_count", "subscription_count"])?,
+        Some(_) => return Err(ApiError::bad("'info' must be a comma-separated string")),
+    };
+    Ok(Event {
+        name,
+        data,
+        channels,
+        except,
+        info,
+    })
+}
+
+fn parse_info(text: &str, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for attr in text.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if !allowed.contains(&attr) {
+            return Err(ApiError::bad(format!(
+                "Unknown info attribute {attr:?} (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+        out.push(attr.to_string());
+    }
+    Ok(out)
+}
+
+/// The `info` attributes asked for, for one channel; `user_count` only on presence channels.
+fn attributes(kind: ChannelKind, stats: ChannelStats, info: &[String]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for attr in info {
+        match attr.as_str() {
+            "user_count" if kind == ChannelKind::Presence => {
+                out.insert(attr.clone(), json!(stats.user_count));
+            }
+            "subscription_count" => {
+                out.insert(attr.clone(), json!(stats.subscription_count));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn publish(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
+    for channel in &event.channels {
+        let frame = Frame::from(message::channel_event(&event.name, channel.as_str(), &event.data));
+        ctx.adapter
+            .publish(&app.id, channel.as_str(), frame, event.except)
+            .await;
+    }
+    let mut infos = Map::new();
+    if !event.info.is_empty() {
+        for channel in &event.channels {
+            let stats = ctx.adapter.channel_stats(&app.id, channel.as_str()).await;
+            let attrs = attributes(channel.kind(), stats, &event.info);
+            infos.insert(channel.to_string(), Value::Object(attrs));
+        }
+    }
+    infos
+}
+
+async fn events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    let event = parse_event(ctx, &parse_body(body)?, false)?;
+    let infos = publish(ctx, app, &event).await;
+    if event.info.is_empty() {
+        Ok(json!({}))
+    } else {
+        Ok(json!({ "channels": infos }))
+    }
+}
+
+async fn batch_events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    let body = parse_body(body)?;
+    let Some(Value::Array(batch)) = body.get("batch") else {
+        return Err(ApiError::bad("Missing 'batch' array"));
+    };
+    let max = ctx.config.limits.max_batch_size;
+    if batch.len() > max {
+        return Err(ApiError::bad(format!(
+            "Batch too large: {} events, at most {max}",
+            batch.len()
+        )));
+    }
+    // Check every event before publishing any, so a bad batch publishes nothing.
+    let mut events = Vec::with_capacity(batch.len());
+    for (i, item) in batch.iter().enumerate() {
+        let obj = item
+            .as_object()
+            .ok_or_else(|| ApiError::bad(format!("batch[{i}] must be an object")))?;
+        let event = parse_event(ctx, obj, true).map_err(|e| match e {
+            ApiError::BadRequest(m) => ApiError::BadRequest(format!("batch[{i}]: {m}")),
+            ApiError::TooLarge(m) => ApiError::TooLarge(format!("batch[{i}]: {m}")),
+            other => other,
+        })?;
+        events.push(event);
+    }
+    let mut results = Vec::with_capacity(events.len());
+    for event in &events {
+        let infos = publish(ctx, app, event).await;
+        results.push(infos.into_iter().next().map(|(_, v)| v).unwrap_or(json!({})));
+    }
+    if events.iter().any(|e| !e.info.is_empty()) {
+        Ok(json!({ "batch": results }))
+    } else {
+        Ok(json!({}))
+    }
+}
+
+async fn channels(ctx: &Context, app: &App, prefix: Option<&str>, info: Option<&str>) -> Result<Value, ApiError> {
+    let info = parse_info(info.unwrap_or(""), &["user_count", "subscription_count"])?;
+    let prefix = prefix.unwrap_or("");
+    if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
+        return Err(ApiError::bad(
+            "info=user_count is only available with filter_by_prefix=presence-",
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, stats) in ctx.adapter.channels(&app.id).await {
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let kind = ChannelName::parse(&name).map(|n| n.kind()).unwrap_or(ChannelKind::Public);
+        out.insert(name, Value::Object(attributes(kind, stats, &info)));
+    }
+    Ok(json!({ "channels": out }))
+}
+
+fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+async fn channel_info(ctx: &Context, app: &App, name: &str, info: Option<&str>) -> Result<Value, ApiError> {
+    let channel = channel_name(name)?;
+    let info = parse_info(info.unwrap_or(""), &["user_count", "subscription_count"])?;
+    if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::bad("info=user_count is only available for presence channels"));
+    }
+    let stats = ctx.adapter.channel_stats(&app.id, name).await;
+    let mut out = Map::new();
+    out.insert("occupied".into(), json!(stats.subscription_count > 0));
+    out.extend(attributes(channel.kind(), stats, &info));
+    Ok(Value::Object(out))
+}
+
+async fn users(ctx: &Context, app: &App, name: &str) -> Result<Value, ApiError> {
+    let channel = channel_name(name)?;
+    if channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::bad("Users are only available for presence channels"));
+    }
+    let mut ids = ctx.adapter.presence_users(&app.id, name).await;
+    ids.sort();
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(json!({ "users": users }))
+}

@@ -1,0 +1,118 @@
+//! The HTTP side: health checks and the signed Pusher HTTP API under `/apps/{app_id}/`.
+//!
+//! Owns: warp filters, request-body limits, signature checking at the door, dispatch to one
+//! handler per endpoint (`api`). Must not touch: business rules beyond calling the registry,
+//! adapter and auth.
+//!
+//! The API is one filter that takes the raw method, path, query and body (all four are
+//! signed), checks the signature, then dispatches on the path. Separate warp routes would
+//! each need the body, which warp hands out only once.
+
+mod api;
+mod error;
+
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+pub use error::ApiError;
+
+use crate::server::Context;
+
+/// All HTTP routes.
+pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_ctx = warp::any().map(move || ctx.clone());
+
+    let up = warp::path!("up")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"ok": true})).into_response());
+
+    let up_app = warp::path!("up" / String)
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .then(|id: String, ctx: Context| async move {
+            match ctx.apps.find_by_id(&id).await {
+                Some(app) if app.enabled => {
+                    warp::reply::json(&serde_json::json!({"ok": true})).into_response()
+                }
+                Some(_) => error::error_response(StatusCode::NOT_FOUND, "Application disabled"),
+                None => error::error_response(StatusCode::NOT_FOUND, "Unknown app id"),
+            }
+        });
+
+    let raw_query = warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify();
+
+    let api = warp::path("apps")
+        .and(warp::path::param::<String>())
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(raw_query)
+        .and(warp::body::stream())
+        .and(with_ctx)
+        .then(
+            |app_id: String, tail: warp::path::Tail, method: Method, full: warp::path::FullPath, query: String, body, ctx: Context| async move {
+                let limit = body_limit(&ctx);
+                let body = match read_body(body, limit).await {
+                    Ok(body) => body,
+                    Err(err) => return err.into_response(),
+                };
+                let req = api::Request {
+                    app_id: &app_id,
+                    tail: tail.as_str(),
+                    method: &method,
+                    path: full.as_str(),
+                    query: &query,
+                    body: &body,
+                };
+                match api::handle(&ctx, req).await {
+                    Ok(value) => warp::reply::json(&value).into_response(),
+                    Err(err) => err.into_response(),
+                }
+            },
+        );
+
+    up.or(up_app)
+        .unify()
+        .or(api)
+        .unify()
+        .recover(error::recover)
+        .unify()
+}
+
+/// Largest request body: a full batch of maximum-size events plus their envelopes.
+fn body_limit(ctx: &Context) -> usize {
+    let l = &ctx.config.limits;
+    (l.max_event_payload_kb * 1024 * 2 + 16 * 1024) * l.max_batch_size.max(1) + 64 * 1024
+}
+
+/// Reads the body, refusing (413) past `limit` bytes whether or not a length was announced.
+async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(ApiError::TooLarge(format!(
+                "Request body too large: the limit is {limit} bytes"
+            )));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}

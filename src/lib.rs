@@ -1,0 +1,29 @@
+//! pushi: a Pusher-compatible real-time server.
+//!
+//! # Layout
+//!
+//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← `adapter` ←
+//! {`session`, `http`} ← `server` ← `main`. `config` is passed in, never read globally.
+//!
+//! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
+//! - [`protocol`]: Pusher wire types and rules; no I/O.
+//! - [`auth`]: channel, user, API-request and webhook signatures.
+//! - [`apps`]: the `App` record and the `AppStore` seam.
+//! - [`registry`]: this node's connections, channels and presence members.
+//! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
+//! - [`session`]: one task per WebSocket connection.
+//! - [`http`]: health checks and the signed HTTP API (warp).
+//! - [`server`]: the listener, shared context and ordered shutdown.
+
+pub mod adapter;
+pub mod apps;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,144 @@
+//! Channel names: Pusher's character set and length, and the kind a prefix gives.
+
+use std::fmt;
+
+/// Longest channel name (Pusher: 164 characters, prefix included).
+pub const MAX_CHANNEL_NAME_LEN: usize = 164;
+
+/// Prefix of the channels that deliver to one signed-in user.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
+/// What a channel's prefix makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Anyone may subscribe.
+    Public,
+    /// `private-`: needs a `socket_id:channel` signature.
+    Private,
+    /// `private-encrypted-`: signed like private; payloads are end-to-end encrypted.
+    PrivateEncrypted,
+    /// `presence-`: signed with the member's `channel_data`.
+    Presence,
+    /// `#server-to-user-<id>`: only the user's signed-in sockets receive it.
+    ServerToUser,
+}
+
+impl ChannelKind {
+    /// Private, encrypted and presence channels need a signature to subscribe.
+    pub fn needs_auth(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+        )
+    }
+}
+
+/// A channel name that passed [`ChannelName::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChannelName(String);
+
+/// Why a channel name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty name.
+    #[error("Channel name must not be empty")]
+    Empty,
+    /// Over [`MAX_CHANNEL_NAME_LEN`].
+    #[error("Channel name too long: {0} characters, at most {MAX_CHANNEL_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// A character outside `[A-Za-z0-9_\-=@,.;]`.
+    #[error("Invalid channel name {0:?}: only A-Z a-z 0-9 _ - = @ , . ; are allowed")]
+    BadCharacter(String),
+}
+
+impl ChannelName {
+    /// Checks length and character set. `#server-to-user-` names are accepted here; who may
+    /// use them is the caller's rule.
+    pub fn parse(name: &str) -> Result<ChannelName, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_CHANNEL_NAME_LEN {
+            return Err(NameError::TooLong(name.len()));
+        }
+        let body = name.strip_prefix(SERVER_TO_USER_PREFIX).unwrap_or(name);
+        let ok = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b));
+        if !ok {
+            return Err(NameError::BadCharacter(name.to_string()));
+        }
+        Ok(ChannelName(name.to_string()))
+    }
+
+    /// The kind the prefix gives.
+    pub fn kind(&self) -> ChannelKind {
+        let n = self.0.as_str();
+        if n.starts_with("private-encrypted-") {
+            ChannelKind::PrivateEncrypted
+        } else if n.starts_with("private-") {
+            ChannelKind::Private
+        } else if n.starts_with("presence-") {
+            ChannelKind::Presence
+        } else if n.starts_with(SERVER_TO_USER_PREFIX) {
+            ChannelKind::ServerToUser
+        } else {
+            ChannelKind::Public
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let kind = |n: &str| ChannelName::parse(n).unwrap().kind();
+        assert_eq!(kind("news"), ChannelKind::Public);
+        assert_eq!(kind("private-a"), ChannelKind::Private);
+        assert_eq!(kind("private-encrypted-a"), ChannelKind::PrivateEncrypted);
+        assert_eq!(kind("presence-a"), ChannelKind::Presence);
+        assert_eq!(kind("#server-to-user-42"), ChannelKind::ServerToUser);
+        assert_eq!(kind("privatea"), ChannelKind::Public);
+    }
+
+    #[test]
+    fn charset_and_length() {
+        assert!(ChannelName::parse("a-Z_0=@,.;").is_ok());
+        assert_eq!(ChannelName::parse(""), Err(NameError::Empty));
+        assert!(matches!(
+            ChannelName::parse("a b"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            ChannelName::parse("#foo"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            ChannelName::parse("#server-to-user-"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            ChannelName::parse("é"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(ChannelName::parse(&"a".repeat(164)).is_ok());
+        assert_eq!(
+            ChannelName::parse(&"a".repeat(165)),
+            Err(NameError::TooLong(165))
+        );
+    }
+}

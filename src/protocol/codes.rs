@@ -1,0 +1,70 @@
+//! Pusher close and error codes (PUSHER-SPEC 1.5) with their messages.
+//!
+//! 4000–4099: refused, the client must not reconnect as is; 4100–4199: reconnect after backing
+//! off; 4200–4299: reconnect at once; 4300–4399: errors reported on a live socket.
+
+/// A fatal error: sent as `pusher:error` and then as the WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The close code.
+    pub code: u16,
+    /// The message, Pusher's wording where Pusher has one.
+    pub message: &'static str,
+}
+
+impl Close {
+    /// Unknown app key.
+    pub const APP_NOT_FOUND: Close = Close {
+        code: 4001,
+        message: "Application does not exist",
+    };
+    /// The app is disabled.
+    pub const APP_DISABLED: Close = Close {
+        code: 4003,
+        message: "Application disabled",
+    };
+    /// The app is at `max_connections`.
+    pub const OVER_QUOTA: Close = Close {
+        code: 4004,
+        message: "Application is over connection quota",
+    };
+    /// The URL is not `/app/{key}`.
+    pub const PATH_NOT_FOUND: Close = Close {
+        code: 4005,
+        message: "Path not found",
+    };
+    /// `protocol` is not 5, 6 or 7.
+    pub const UNSUPPORTED_PROTOCOL: Close = Close {
+        code: 4007,
+        message: "Unsupported protocol version",
+    };
+    /// Closed on purpose (terminate_connections, authorized-connection timeout).
+    pub const UNAUTHORIZED: Close = Close {
+        code: 4009,
+        message: "Connection is unauthorized",
+    };
+    /// Graceful shutdown: reconnect at once (to another node).
+    pub const SHUTTING_DOWN: Close = Close {
+        code: 4200,
+        message: "Server is shutting down, please reconnect",
+    };
+    /// The client did not read its frames fast enough and its queue filled up. A 42xx code so
+    /// that pusher-js reconnects at once and starts from a clean slate.
+    pub const TOO_SLOW: Close = Close {
+        code: 4200,
+        message: "Client is not reading its messages fast enough",
+    };
+    /// No frame came back after a server `pusher:ping`.
+    pub const PONG_TIMEOUT: Close = Close {
+        code: 4201,
+        message: "Pong reply not received: ping was sent to the client, but no reply was received",
+    };
+    /// A frame larger than the transport accepts (WebSocket "message too big").
+    pub const MESSAGE_TOO_BIG: Close = Close {
+        code: 1009,
+        message: "Message too big",
+    };
+}
+
+/// Non-fatal error code for a client event over the rate limit.
+pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;

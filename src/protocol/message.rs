@@ -1,0 +1,487 @@
+//! Client frames parsed into [`ClientMessage`], and server frames built as JSON text.
+//!
+//! Server frames follow Pusher's "double encoding": the `data` of `pusher:*` and
+//! `pusher_internal:*` frames is a JSON-encoded string, except `pusher:error`, whose `data` is
+//! an object as in Pusher's documentation. Channel events carry the publisher's string as is,
+//! and client events forward the sender's `data` verbatim (object or string).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::MAX_USER_ID_LEN;
+
+/// A frame sent by a client.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// `pusher:ping`
+    Ping,
+    /// `pusher:pong`
+    Pong,
+    /// `pusher:subscribe`
+    Subscribe {
+        /// Channel name, not validated yet.
+        channel: String,
+        /// `<app_key>:<signature>`; pusher-js sends `""` for public channels.
+        auth: Option<String>,
+        /// Presence member data: the exact string that was signed.
+        channel_data: Option<String>,
+    },
+    /// `pusher:unsubscribe`
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// `pusher:signin`
+    Signin {
+        /// `<app_key>:<signature>` over `socket_id::user::user_data`.
+        auth: String,
+        /// The exact user data string that was signed.
+        user_data: String,
+    },
+    /// A `client-*` event.
+    ClientEvent {
+        /// Event name, starts with `client-`.
+        event: String,
+        /// Target channel.
+        channel: String,
+        /// The `data` exactly as received (`null` when absent).
+        data: Box<RawValue>,
+    },
+}
+
+/// Why a client frame was refused. The message is sent back in `pusher:error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not JSON, or not a JSON object.
+    #[error("Invalid message: frames must be JSON objects ({0})")]
+    NotJson(String),
+    /// No string `event` field.
+    #[error("Invalid message: missing or non-string 'event' field")]
+    NoEvent,
+    /// A `pusher:` or `pusher_internal:` event this server does not take from clients.
+    #[error("Unsupported event received: {0}")]
+    UnknownEvent(String),
+    /// An event that is neither `pusher:` nor `client-`.
+    #[error("Invalid event name {0:?}: clients may only send pusher: and client- events")]
+    NotClientEvent(String),
+    /// A field is missing or of the wrong type.
+    #[error("Invalid {event} message: {problem}")]
+    BadField {
+        /// The event.
+        event: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    event: Option<Value>,
+    channel: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+impl ClientMessage {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+        let env: Envelope<'_> =
+            serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        let event = match env.event {
+            Some(Value::String(s)) => s,
+            _ => return Err(ProtocolError::NoEvent),
+        };
+        match event.as_str() {
+            "pusher:ping" => Ok(ClientMessage::Ping),
+            "pusher:pong" => Ok(ClientMessage::Pong),
+            "pusher:subscribe" => {
+                let data = object_data(env.data, "pusher:subscribe")?;
+                let field = |name: &str| -> Result<Option<String>, ProtocolError> {
+                    match data.get(name) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) => Ok(Some(s.clone())),
+                        Some(_) => Err(ProtocolError::BadField {
+                            event: "pusher:subscribe",
+                            problem: "'auth' and 'channel_data' must be strings",
+                        }),
+                    }
+                };
+                let channel = field("channel")?.ok_or(ProtocolError::BadField {
+                    event: "pusher:subscribe",
+                    problem: "'data.channel' is required",
+                })?;
+                Ok(ClientMessage::Subscribe {
+                    channel,
+                    auth: field("auth")?,
+                    channel_data: field("channel_data")?,
+                })
+            }
+            "pusher:unsubscribe" => {
+                let data = object_data(env.data, "pusher:unsubscribe")?;
+                match data.get("channel") {
+                    Some(Value::String(c)) => Ok(ClientMessage::Unsubscribe { channel: c.clone() }),
+                    _ => Err(ProtocolError::BadField {
+                        event: "pusher:unsubscribe",
+                        problem: "'data.channel' is required",
+                    }),
+                }
+            }
+            "pusher:signin" => {
+                let data = object_data(env.data, "pusher:signin")?;
+                match (data.get("auth"), data.get("user_data")) {
+                    (Some(Value::String(a)), Some(Value::String(u))) => Ok(ClientMessage::Signin {
+                        auth: a.clone(),
+                        user_data: u.clone(),
+                    }),
+                    _ => Err(ProtocolError::BadField {
+                        event: "pusher:signin",
+                        problem: "'data.auth' and 'data.user_data' must be strings",
+                    }),
+                }
+            }
+            e if e.starts_with("client-") => {
+                let channel = match env.channel {
+                    Some(Value::String(c)) => c,
+                    _ => {
+                        return Err(ProtocolError::BadField {
+                            event: "client event",
+                            problem: "'channel' is required",
+                        })
+                    }
+                };
+                let data = match env.data {
+                    Some(raw) => raw.to_owned(),
+                    None => null(),
+                };
+                Ok(ClientMessage::ClientEvent {
+                    event,
+                    channel,
+                    data,
+                })
+            }
+            e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => {
+                Err(ProtocolError::UnknownEvent(event))
+            }
+            _ => Err(ProtocolError::NotClientEvent(event)),
+        }
+    }
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_string()).expect("null is valid JSON")
+}
+
+/// `data` of a `pusher:` event: an object, or (older clients) a string holding one.
+fn object_data(
+    data: Option<&RawValue>,
+    event: &'static str,
+) -> Result<serde_json::Map<String, Value>, ProtocolError> {
+    let bad = ProtocolError::BadField {
+        event,
+        problem: "'data' must be an object",
+    };
+    let value: Value = match data {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| bad.clone())?,
+        None => return Err(bad),
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        Value::String(s) => match serde_json::from_str(&s) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(bad),
+        },
+        _ => Err(bad),
+    }
+}
+
+/// A presence member as announced in the signed `channel_data`.
+#[derive(Debug, Clone)]
+pub struct PresenceMember {
+    /// The user id, numbers turned into strings.
+    pub user_id: String,
+    /// `user_info` as sent (`null` when absent).
+    pub user_info: Box<RawValue>,
+}
+
+/// Why presence `channel_data` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceDataError {
+    /// Missing.
+    #[error("Presence subscription requires channel_data")]
+    Missing,
+    /// Not a JSON object.
+    #[error("Invalid presence channel_data: not a JSON object")]
+    NotJson,
+    /// No usable `user_id`.
+    #[error("Invalid presence channel_data: 'user_id' must be a non-empty string or a number")]
+    NoUserId,
+    /// `user_id` too long.
+    #[error("Invalid presence channel_data: 'user_id' is longer than {MAX_USER_ID_LEN} characters")]
+    UserIdTooLong,
+    /// `user_info` over the limit.
+    #[error("Presence user_info is {0} bytes, the limit is {1} bytes")]
+    InfoTooLarge(usize, usize),
+}
+
+impl PresenceMember {
+    /// Reads `{"user_id": ..., "user_info": {...}}`; `user_info` may be at most `max_info` bytes.
+    pub fn parse(channel_data: &str, max_info: usize) -> Result<PresenceMember, PresenceDataError> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            user_id: Option<Value>,
+            #[serde(borrow)]
+            user_info: Option<&'a RawValue>,
+        }
+        let data: Data<'_> =
+            serde_json::from_str(channel_data).map_err(|_| PresenceDataError::NotJson)?;
+        let user_id = match data.user_id {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(PresenceDataError::NoUserId),
+        };
+        if user_id.chars().count() > MAX_USER_ID_LEN {
+            return Err(PresenceDataError::UserIdTooLong);
+        }
+        let user_info = match data.user_info {
+            Some(raw) => {
+                if raw.get().len() > max_info {
+                    return Err(PresenceDataError::InfoTooLarge(raw.get().len(), max_info));
+                }
+                raw.to_owned()
+            }
+            None => null(),
+        };
+        Ok(PresenceMember { user_id, user_info })
+    }
+}
+
+// ---- server frames ----
+
+#[derive(Serialize)]
+struct Frame<'a, D: Serialize> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: D,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> String {
+    let f = Frame {
+        event,
+        channel,
+        data,
+        user_id: None,
+    };
+    serde_json::to_string(&f).expect("frames serialize")
+}
+
+/// `pusher:connection_established`
+pub fn connection_established(socket_id: &str, activity_timeout: u64) -> String {
+    let data = serde_json::json!({"socket_id": socket_id, "activity_timeout": activity_timeout});
+    frame("pusher:connection_established", None, data.to_string())
+}
+
+/// `pusher:error`; `code` is `None` for errors Pusher reports without one.
+pub fn error(code: Option<u16>, message: &str) -> String {
+    frame(
+        "pusher:error",
+        None,
+        serde_json::json!({"code": code, "message": message}),
+    )
+}
+
+/// `pusher:pong`
+pub fn pong() -> String {
+    frame("pusher:pong", None, "{}")
+}
+
+/// `pusher:ping`
+pub fn ping() -> String {
+    frame("pusher:ping", None, "{}")
+}
+
+/// `pusher_internal:subscription_succeeded` with `data` (a JSON text, sent as a string).
+pub fn subscription_succeeded(channel: &str, data: &str) -> String {
+    frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        data,
+    )
+}
+
+/// The `data` of a presence `subscription_succeeded`: `{"presence":{"ids","hash","count"}}`.
+pub fn presence_data<'a>(members: impl Iterator<Item = (&'a str, &'a RawValue)>) -> String {
+    let mut ids = Vec::new();
+    let mut hash = serde_json::Map::new();
+    for (id, info) in members {
+        ids.push(id);
+        let info: Value = serde_json::from_str(info.get()).unwrap_or(Value::Null);
+        hash.insert(id.to_string(), info);
+    }
+    let count = ids.len();
+    serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": count}}).to_string()
+}
+
+/// `pusher_internal:member_added`
+pub fn member_added(channel: &str, user_id: &str, user_info: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct D<'a> {
+        user_id: &'a str,
+        user_info: &'a RawValue,
+    }
+    let data = serde_json::to_string(&D { user_id, user_info }).expect("serializes");
+    frame("pusher_internal:member_added", Some(channel), data)
+}
+
+/// `pusher_internal:member_removed`
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = serde_json::json!({ "user_id": user_id }).to_string();
+    frame("pusher_internal:member_removed", Some(channel), data)
+}
+
+/// `pusher:subscription_error`, delivered to the channel's listeners in pusher-js.
+pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
+    let data = serde_json::json!({"type": kind, "error": message, "status": status}).to_string();
+    frame("pusher:subscription_error", Some(channel), data)
+}
+
+/// A channel event published through the HTTP API (`data` is the publisher's string).
+pub fn channel_event(event: &str, channel: &str, data: &str) -> String {
+    frame(event, Some(channel), data)
+}
+
+/// A client event as delivered to the other subscribers: `data` verbatim, `user_id` on presence.
+pub fn client_event(event: &str, channel: &str, data: &RawValue, user_id: Option<&str>) -> String {
+    let f = Frame {
+        event,
+        channel: Some(channel),
+        data,
+        user_id,
+    };
+    serde_json::to_string(&f).expect("frames serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pusher_js_frames() {
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(ClientMessage::Ping)
+        ));
+        match ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"foo"}}"#)
+        {
+            Ok(ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            }) => {
+                assert_eq!(channel, "foo");
+                assert_eq!(auth.as_deref(), Some(""));
+                assert_eq!(channel_data, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Older clients send data as a JSON string.
+        match ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"foo\"}"}"#)
+        {
+            Ok(ClientMessage::Unsubscribe { channel }) => assert_eq!(channel, "foo"),
+            other => panic!("{other:?}"),
+        }
+        match ClientMessage::parse(r#"{"event":"client-x","channel":"private-a","data":{"a" : 1}}"#)
+        {
+            Ok(ClientMessage::ClientEvent { data, .. }) => assert_eq!(data.get(), r#"{"a" : 1}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        assert!(matches!(
+            ClientMessage::parse("not json"),
+            Err(ProtocolError::NotJson(_))
+        ));
+        assert!(matches!(
+            ClientMessage::parse("[1]"),
+            Err(ProtocolError::NotJson(_))
+        ));
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":1}"#).unwrap_err(),
+            ProtocolError::NoEvent
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"pusher:nope","data":{}}"#).unwrap_err(),
+            ProtocolError::UnknownEvent("pusher:nope".into())
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"event":"hello","data":{}}"#).unwrap_err(),
+            ProtocolError::NotClientEvent("hello".into())
+        );
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{}}"#),
+            Err(ProtocolError::BadField { .. })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{"channel":"a","channel_data":{}}}"#),
+            Err(ProtocolError::BadField { .. })
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"event":"client-a","data":{}}"#),
+            Err(ProtocolError::BadField { .. })
+        ));
+    }
+
+    #[test]
+    fn presence_member() {
+        let m = PresenceMember::parse(r#"{"user_id":10,"user_info":{"name":"Mr. Pusher"}}"#, 1024)
+            .unwrap();
+        assert_eq!(m.user_id, "10");
+        assert_eq!(m.user_info.get(), r#"{"name":"Mr. Pusher"}"#);
+        assert_eq!(
+            PresenceMember::parse("{}", 1024).unwrap_err(),
+            PresenceDataError::NoUserId
+        );
+        assert_eq!(
+            PresenceMember::parse("nope", 1024).unwrap_err(),
+            PresenceDataError::NotJson
+        );
+        let big = format!(r#"{{"user_id":"1","user_info":"{}"}}"#, "x".repeat(2000));
+        assert!(matches!(
+            PresenceMember::parse(&big, 1024),
+            Err(PresenceDataError::InfoTooLarge(..))
+        ));
+    }
+
+    #[test]
+    fn frames_are_double_encoded() {
+        let v: Value = serde_json::from_str(&connection_established("1.2", 120)).unwrap();
+        assert_eq!(v["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["socket_id"], "1.2");
+        assert_eq!(data["activity_timeout"], 120);
+
+        let v: Value = serde_json::from_str(&error(Some(4001), "x")).unwrap();
+        assert_eq!(v["data"]["code"], 4001);
+
+        let info = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
+        let v: Value = serde_json::from_str(&member_added("presence-a", "7", &info)).unwrap();
+        assert_eq!(v["data"], r#"{"user_id":"7","user_info":{"n":1}}"#);
+
+        let members = [("1", &*info)];
+        let d: Value = serde_json::from_str(&presence_data(members.into_iter())).unwrap();
+        assert_eq!(d["presence"]["ids"][0], "1");
+        assert_eq!(d["presence"]["hash"]["1"]["n"], 1);
+        assert_eq!(d["presence"]["count"], 1);
+
+        let raw = RawValue::from_string(r#""text""#.into()).unwrap();
+        assert_eq!(
+            client_event("client-a", "presence-a", &raw, Some("7")),
+            r#"{"event":"client-a","channel":"presence-a","data":"text","user_id":"7"}"#
+        );
+    }
+}
