@@ -69,7 +69,12 @@ pub enum TokenError {
 }
 
 /// Verifies a `<app_key>:<hex signature>` token over `message`.
-pub fn verify_token(app_key: &str, secret: &str, token: &str, message: &str) -> Result<(), TokenError> {
+pub fn verify_token(
+    app_key: &str,
+    secret: &str,
+    token: &str,
+    message: &str,
+) -> Result<(), TokenError> {
     let (key, sig) = token.split_once(':').ok_or(TokenError::Malformed)?;
     if key != app_key {
         return Err(TokenError::WrongKey);
@@ -77,7 +82,10 @@ pub fn verify_token(app_key: &str, secret: &str, token: &str, message: &str) -> 
     if verify(secret, message.as_bytes(), sig) {
         Ok(())
     } else {
-        Err(TokenError::BadSignature(message.to_string(), sig.to_string()))
+        Err(TokenError::BadSignature(
+            message.to_string(),
+            sig.to_string(),
+        ))
     }
 }
 
@@ -144,7 +152,12 @@ pub fn request_string(method: &str, path: &str, params: &[(String, String)]) -> 
         .collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
     let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, query.join("&"))
+    format!(
+        "{}\n{}\n{}",
+        method.to_ascii_uppercase(),
+        path,
+        query.join("&")
+    )
 }
 
 /// Verifies a signed HTTP API request against the app's key and secret at `now` (Unix
@@ -158,7 +171,12 @@ pub fn verify_request(
     let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
 
     let key = get("auth_key").ok_or(RequestError::Missing("auth_key"))?;
     let timestamp = get("auth_timestamp").ok_or(RequestError::Missing("auth_timestamp"))?;
@@ -218,10 +236,21 @@ mod tests {
     #[test]
     fn channel_vectors() {
         for v in vectors()["channel"].as_array().unwrap() {
-            let msg = channel_string(s(v, "socket_id"), s(v, "channel"), v["channel_data"].as_str());
-            assert_eq!(sign(s(v, "secret"), msg.as_bytes()), s(v, "signature"), "{v}");
+            let msg = channel_string(
+                s(v, "socket_id"),
+                s(v, "channel"),
+                v["channel_data"].as_str(),
+            );
+            assert_eq!(
+                sign(s(v, "secret"), msg.as_bytes()),
+                s(v, "signature"),
+                "{v}"
+            );
             let token = format!("{}:{}", s(v, "key"), s(v, "signature"));
-            assert_eq!(verify_token(s(v, "key"), s(v, "secret"), &token, &msg), Ok(()));
+            assert_eq!(
+                verify_token(s(v, "key"), s(v, "secret"), &token, &msg),
+                Ok(())
+            );
             assert_eq!(
                 verify_token("other", s(v, "secret"), &token, &msg),
                 Err(TokenError::WrongKey)
@@ -257,7 +286,10 @@ mod tests {
                 body,
             };
             let now = v["timestamp"].as_i64().unwrap() + 10;
-            assert!(verify_request(req, s(v, "key"), s(v, "secret"), now).is_ok(), "{v}");
+            assert!(
+                verify_request(req, s(v, "key"), s(v, "secret"), now).is_ok(),
+                "{v}"
+            );
             // Outside the window.
             assert!(matches!(
                 verify_request(req, s(v, "key"), s(v, "secret"), now + 600),
@@ -275,7 +307,10 @@ mod tests {
             ));
             // Tampered body.
             if !body.is_empty() {
-                let req = SignedRequest { body: b"{}", ..req };
+                let req = SignedRequest {
+                    body: b"{\"tampered\":1}",
+                    ..req
+                };
                 assert!(matches!(
                     verify_request(req, s(v, "key"), s(v, "secret"), now),
                     Err(RequestError::BodyMd5 { .. })

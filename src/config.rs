@@ -233,7 +233,10 @@ impl Config {
             ("limits.max_channels_per_event", l.max_channels_per_event),
             ("limits.max_batch_size", l.max_batch_size),
             ("limits.max_presence_members", l.max_presence_members),
-            ("limits.max_presence_user_info_kb", l.max_presence_user_info_kb),
+            (
+                "limits.max_presence_user_info_kb",
+                l.max_presence_user_info_kb,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be at least 1"));
@@ -247,8 +250,7 @@ impl Config {
                     problems.push(format!("apps[{i}].{field}: must not be empty"));
                 }
             }
-            if !app.key.is_empty() && !app.key.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
-            {
+            if !app.key.is_empty() && !app.key.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
                 problems.push(format!(
                     "apps[{i}].key: only printable ASCII without '/' is allowed"
                 ));
@@ -308,7 +310,9 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = from_toml("[server]\nport = \"x\"\n").unwrap_err().to_string();
+        let err = from_toml("[server]\nport = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("port"), "{err}");
     }
 

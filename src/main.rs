@@ -33,11 +33,14 @@ fn config_path() -> anyhow::Result<Option<PathBuf>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let path = config_path()?;
-    let config = pushi::config::load(path.as_deref()).context("could not load the configuration")?;
+    let config =
+        pushi::config::load(path.as_deref()).context("could not load the configuration")?;
     let source = path
         .as_ref()
         .map(|p| p.display().to_string())

@@ -160,7 +160,10 @@ impl Server {
         ctx.shutdown.cancel();
         ctx.tracker.close();
         let limit = Duration::from_secs(ctx.config.server.shutdown_timeout);
-        if tokio::time::timeout(limit, ctx.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(limit, ctx.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 tasks = ctx.tracker.len(),
                 "shutdown timed out; exiting with tasks still running"

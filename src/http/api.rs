@@ -60,7 +60,11 @@ pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, Api
     let segments: Vec<String> = req
         .tail
         .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let get = req.method == Method::GET;
@@ -72,7 +76,11 @@ pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, Api
         ["channels", channel] if get => channel_info(ctx, &app, channel, param("info")).await,
         ["channels", channel, "users"] if get => users(ctx, &app, channel).await,
         ["users", _user, "terminate_connections"] if post => Ok(json!({})),
-        ["events"] | ["batch_events"] | ["channels"] | ["channels", _] | ["channels", _, "users"]
+        ["events"]
+        | ["batch_events"]
+        | ["channels"]
+        | ["channels", _]
+        | ["channels", _, "users"]
         | ["users", _, "terminate_connections"] => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound(req.path.to_string())),
     }
@@ -82,7 +90,9 @@ fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad("Request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad(format!("Request body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::bad(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -109,7 +119,11 @@ fn parse_event(ctx: &Context, obj: &Map<String, Value>, batch: bool) -> Result<E
     }
     let data = match obj.get("data") {
         Some(Value::String(d)) => d.clone(),
-        Some(_) => return Err(ApiError::bad("'data' must be a string (JSON-encode objects)")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "'data' must be a string (JSON-encode objects)",
+            ))
+        }
         None => return Err(ApiError::bad("Missing 'data'")),
     };
     let limit = limits.max_event_payload_kb * 1024;
@@ -121,16 +135,25 @@ fn parse_event(ctx: &Context, obj: &Map<String, Value>, batch: bool) -> Result<E
     }
     let names: Vec<&str> = match (obj.get("channels"), obj.get("channel")) {
         (Some(_), _) if batch => {
-            return Err(ApiError::bad("Batch events take a single 'channel', not 'channels'"))
+            return Err(ApiError::bad(
+                "Batch events take a single 'channel', not 'channels'",
+            ))
         }
         (Some(Value::Array(list)), None) => list
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| ApiError::bad("'channels' must be strings")))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| ApiError::bad("'channels' must be strings"))
+            })
             .collect::<Result<_, _>>()?,
         (None, Some(Value::String(c))) => vec![c.as_str()],
         (Some(_), Some(_)) => return Err(ApiError::bad("Give 'channels' or 'channel', not both")),
         (None, None) => return Err(ApiError::bad("Missing 'channels' (or 'channel')")),
-        _ => return Err(ApiError::bad("'channels' must be an array, 'channel' a string")),
+        _ => {
+            return Err(ApiError::bad(
+                "'channels' must be an array, 'channel' a string",
+            ))
+        }
     };
     if names.is_empty() {
         return Err(ApiError::bad("'channels' must not be empty"));
@@ -148,8 +171,11 @@ fn parse_event(ctx: &Context, obj: &Map<String, Value>, batch: bool) -> Result<E
         .collect::<Result<Vec<_>, _>>()?;
     let except = match obj.get("socket_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => SocketId::parse(s)
-            .map_err(|_| ApiError::bad(format!("Invalid socket_id {s:?}: expected <digits>.<digits>")))?,
+        Some(Value::String(s)) => SocketId::parse(s).map_err(|_| {
+            ApiError::bad(format!(
+                "Invalid socket_id {s:?}: expected <digits>.<digits>"
+            ))
+        })?,
         Some(_) => return Err(ApiError::bad("'socket_id' must be a string")),
     };
     let info = match obj.get("info") {
@@ -199,7 +225,11 @@ fn attributes(kind: ChannelKind, stats: ChannelStats, info: &[String]) -> Map<St
 
 async fn publish(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
     for channel in &event.channels {
-        let frame = Frame::from(message::channel_event(&event.name, channel.as_str(), &event.data));
+        let frame = Frame::from(message::channel_event(
+            &event.name,
+            channel.as_str(),
+            &event.data,
+        ));
         ctx.adapter
             .publish(&app.id, channel.as_str(), frame, event.except)
             .await;
@@ -253,7 +283,13 @@ async fn batch_events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, Ap
     let mut results = Vec::with_capacity(events.len());
     for event in &events {
         let infos = publish(ctx, app, event).await;
-        results.push(infos.into_iter().next().map(|(_, v)| v).unwrap_or(json!({})));
+        results.push(
+            infos
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or(json!({})),
+        );
     }
     if events.iter().any(|e| !e.info.is_empty()) {
         Ok(json!({ "batch": results }))
@@ -262,7 +298,12 @@ async fn batch_events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, Ap
     }
 }
 
-async fn channels(ctx: &Context, app: &App, prefix: Option<&str>, info: Option<&str>) -> Result<Value, ApiError> {
+async fn channels(
+    ctx: &Context,
+    app: &App,
+    prefix: Option<&str>,
+    info: Option<&str>,
+) -> Result<Value, ApiError> {
     let info = parse_info(info.unwrap_or(""), &["user_count", "subscription_count"])?;
     let prefix = prefix.unwrap_or("");
     if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
@@ -275,7 +316,9 @@ async fn channels(ctx: &Context, app: &App, prefix: Option<&str>, info: Option<&
         if !name.starts_with(prefix) {
             continue;
         }
-        let kind = ChannelName::parse(&name).map(|n| n.kind()).unwrap_or(ChannelKind::Public);
+        let kind = ChannelName::parse(&name)
+            .map(|n| n.kind())
+            .unwrap_or(ChannelKind::Public);
         out.insert(name, Value::Object(attributes(kind, stats, &info)));
     }
     Ok(json!({ "channels": out }))
@@ -285,11 +328,18 @@ fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name).map_err(|e| ApiError::bad(e.to_string()))
 }
 
-async fn channel_info(ctx: &Context, app: &App, name: &str, info: Option<&str>) -> Result<Value, ApiError> {
+async fn channel_info(
+    ctx: &Context,
+    app: &App,
+    name: &str,
+    info: Option<&str>,
+) -> Result<Value, ApiError> {
     let channel = channel_name(name)?;
     let info = parse_info(info.unwrap_or(""), &["user_count", "subscription_count"])?;
     if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
-        return Err(ApiError::bad("info=user_count is only available for presence channels"));
+        return Err(ApiError::bad(
+            "info=user_count is only available for presence channels",
+        ));
     }
     let stats = ctx.adapter.channel_stats(&app.id, name).await;
     let mut out = Map::new();
@@ -301,7 +351,9 @@ async fn channel_info(ctx: &Context, app: &App, name: &str, info: Option<&str>) 
 async fn users(ctx: &Context, app: &App, name: &str) -> Result<Value, ApiError> {
     let channel = channel_name(name)?;
     if channel.kind() != ChannelKind::Presence {
-        return Err(ApiError::bad("Users are only available for presence channels"));
+        return Err(ApiError::bad(
+            "Users are only available for presence channels",
+        ));
     }
     let mut ids = ctx.adapter.presence_users(&app.id, name).await;
     ids.sort();

@@ -71,9 +71,15 @@ pub(super) async fn recover(rejection: warp::Rejection) -> Result<Response, Infa
     let (status, msg) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "Not found".to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed".to_string())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed".to_string(),
+        )
     } else {
-        (StatusCode::BAD_REQUEST, format!("Bad request: {rejection:?}"))
+        (
+            StatusCode::BAD_REQUEST,
+            format!("Bad request: {rejection:?}"),
+        )
     };
     Ok(error_response(status, &msg))
 }

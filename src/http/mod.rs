@@ -44,9 +44,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
             }
         });
 
-    let raw_query = warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
     let api = warp::path("apps")
         .and(warp::path::param::<String>())
@@ -57,7 +55,13 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::body::stream())
         .and(with_ctx)
         .then(
-            |app_id: String, tail: warp::path::Tail, method: Method, full: warp::path::FullPath, query: String, body, ctx: Context| async move {
+            |app_id: String,
+             tail: warp::path::Tail,
+             method: Method,
+             full: warp::path::FullPath,
+             query: String,
+             body,
+             ctx: Context| async move {
                 let limit = body_limit(&ctx);
                 let body = match read_body(body, limit).await {
                     Ok(body) => body,
@@ -101,7 +105,8 @@ where
     let mut body = std::pin::pin!(body);
     let mut out = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
         if out.len() + chunk.remaining() > limit {
             return Err(ApiError::TooLarge(format!(
                 "Request body too large: the limit is {limit} bytes"

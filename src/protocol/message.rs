@@ -217,7 +217,9 @@ pub enum PresenceDataError {
     #[error("Invalid presence channel_data: 'user_id' must be a non-empty string or a number")]
     NoUserId,
     /// `user_id` too long.
-    #[error("Invalid presence channel_data: 'user_id' is longer than {MAX_USER_ID_LEN} characters")]
+    #[error(
+        "Invalid presence channel_data: 'user_id' is longer than {MAX_USER_ID_LEN} characters"
+    )]
     UserIdTooLong,
     /// `user_info` over the limit.
     #[error("Presence user_info is {0} bytes, the limit is {1} bytes")]
@@ -374,8 +376,9 @@ mod tests {
             ClientMessage::parse(r#"{"event":"pusher:ping","data":{}}"#),
             Ok(ClientMessage::Ping)
         ));
-        match ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"foo"}}"#)
-        {
+        match ClientMessage::parse(
+            r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"foo"}}"#,
+        ) {
             Ok(ClientMessage::Subscribe {
                 channel,
                 auth,
@@ -388,8 +391,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Older clients send data as a JSON string.
-        match ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"foo\"}"}"#)
-        {
+        match ClientMessage::parse(
+            r#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"foo\"}"}"#,
+        ) {
             Ok(ClientMessage::Unsubscribe { channel }) => assert_eq!(channel, "foo"),
             other => panic!("{other:?}"),
         }
@@ -427,7 +431,9 @@ mod tests {
             Err(ProtocolError::BadField { .. })
         ));
         assert!(matches!(
-            ClientMessage::parse(r#"{"event":"pusher:subscribe","data":{"channel":"a","channel_data":{}}}"#),
+            ClientMessage::parse(
+                r#"{"event":"pusher:subscribe","data":{"channel":"a","channel_data":{}}}"#
+            ),
             Err(ProtocolError::BadField { .. })
         ));
         assert!(matches!(

@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+/// A string that is not `<digits>.<digits>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid socket id: expected <digits>.<digits>")]
+pub struct BadSocketId;
+
 /// A connection's id, unique within a process (the second half is a counter) and random
 /// across processes (the first half), so ids from different nodes do not collide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -10,11 +15,11 @@ pub struct SocketId(pub u64, pub u64);
 impl SocketId {
     /// Parses `<digits>.<digits>`. `Err` for anything else; `Ok(None)` for a well-formed id
     /// whose numbers do not fit in u64 (it cannot name any connection of ours).
-    pub fn parse(text: &str) -> Result<Option<SocketId>, ()> {
-        let (a, b) = text.split_once('.').ok_or(())?;
+    pub fn parse(text: &str) -> Result<Option<SocketId>, BadSocketId> {
+        let (a, b) = text.split_once('.').ok_or(BadSocketId)?;
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
         if !digits(a) || !digits(b) {
-            return Err(());
+            return Err(BadSocketId);
         }
         Ok(match (a.parse(), b.parse()) {
             (Ok(a), Ok(b)) => Some(SocketId(a, b)),
@@ -43,7 +48,7 @@ mod tests {
     #[test]
     fn rejects_bad_formats() {
         for bad in ["", "1", "1.", ".1", "a.1", "1.2.3", "-1.2", "1.2 ", "1,2"] {
-            assert_eq!(SocketId::parse(bad), Err(()), "{bad:?}");
+            assert_eq!(SocketId::parse(bad), Err(BadSocketId), "{bad:?}");
         }
         assert_eq!(SocketId::parse("99999999999999999999999.1"), Ok(None));
     }

@@ -100,7 +100,13 @@ impl Registry {
 
     /// Queues `frame` for every local subscriber of `channel` but `except`. Returns how many
     /// connections it was queued for.
-    pub fn publish(&self, app_id: &str, channel: &str, frame: &Frame, except: Option<SocketId>) -> usize {
+    pub fn publish(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: &Frame,
+        except: Option<SocketId>,
+    ) -> usize {
         let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
             return 0;
         };
@@ -175,11 +181,17 @@ mod tests {
         let (a1, mut rx_a1) = Conn::new(SocketId(1, 1), 8);
         let (a2, _rx_a2) = Conn::new(SocketId(1, 2), 8);
         let (b, mut rx_b) = Conn::new(SocketId(1, 3), 8);
-        reg.subscribe("1", "presence-x", &b, member("b"), 100).unwrap();
-        reg.subscribe("1", "presence-x", &a1, member("a"), 100).unwrap();
+        reg.subscribe("1", "presence-x", &b, member("b"), 100)
+            .unwrap();
+        reg.subscribe("1", "presence-x", &a1, member("a"), 100)
+            .unwrap();
         assert!(rx_b.try_recv().unwrap().as_str().contains("member_added"));
-        reg.subscribe("1", "presence-x", &a2, member("a"), 100).unwrap();
-        assert!(rx_b.try_recv().is_err(), "second tab of a is not a new member");
+        reg.subscribe("1", "presence-x", &a2, member("a"), 100)
+            .unwrap();
+        assert!(
+            rx_b.try_recv().is_err(),
+            "second tab of a is not a new member"
+        );
         assert_eq!(
             reg.channel_stats("1", "presence-x"),
             ChannelStats {
@@ -203,7 +215,8 @@ mod tests {
         let reg = Registry::default();
         let (a, _ra) = Conn::new(SocketId(1, 1), 8);
         let (b, _rb) = Conn::new(SocketId(1, 2), 8);
-        reg.subscribe("1", "presence-x", &a, member("a"), 1).unwrap();
+        reg.subscribe("1", "presence-x", &a, member("a"), 1)
+            .unwrap();
         assert!(matches!(
             reg.subscribe("1", "presence-x", &b, member("b"), 1),
             Err(SubscribeError::Full(..))
@@ -234,10 +247,17 @@ mod tests {
         let (b, mut rb) = Conn::new(SocketId(1, 2), 8);
         reg.subscribe("1", "c", &a, None, 100).unwrap();
         reg.subscribe("1", "c", &b, None, 100).unwrap();
-        assert_eq!(reg.publish("1", "c", &Frame::from("x"), Some(a.socket_id)), 1);
+        assert_eq!(
+            reg.publish("1", "c", &Frame::from("x"), Some(a.socket_id)),
+            1
+        );
         assert!(ra.try_recv().is_err());
         assert_eq!(rb.try_recv().unwrap().as_str(), "x");
-        assert_eq!(reg.publish("2", "c", &Frame::from("x"), None), 0, "apps are isolated");
+        assert_eq!(
+            reg.publish("2", "c", &Frame::from("x"), None),
+            0,
+            "apps are isolated"
+        );
         reg.unsubscribe("1", "c", a.socket_id);
         reg.unsubscribe("1", "c", b.socket_id);
         assert!(reg.channels("1").is_empty());

@@ -22,7 +22,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::apps::App;
 use crate::auth;
 use crate::protocol::message::{self, PresenceMember};
-use crate::protocol::{codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId};
+use crate::protocol::{
+    codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
+};
 use crate::registry::{Conn, Frame};
 use crate::server::Context;
 
@@ -83,7 +85,11 @@ async fn admit(ctx: &Context, path: &str, query: Option<&str>) -> Result<Arc<App
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .ok_or(Close::PATH_NOT_FOUND)?;
     protocol_version(query)?;
-    let app = ctx.apps.find_by_key(key).await.ok_or(Close::APP_NOT_FOUND)?;
+    let app = ctx
+        .apps
+        .find_by_key(key)
+        .await
+        .ok_or(Close::APP_NOT_FOUND)?;
     if !app.enabled {
         return Err(Close::APP_DISABLED);
     }
@@ -98,7 +104,8 @@ where
 {
     let frames = async {
         if close.code >= 4000 || close == Close::MESSAGE_TOO_BIG {
-            ws.feed(text(message::error(Some(close.code), close.message))).await?;
+            ws.feed(text(message::error(Some(close.code), close.message)))
+                .await?;
         }
         let frame = CloseFrame {
             code: CloseCode::from(close.code),
@@ -108,7 +115,10 @@ where
     };
     if let Ok(Ok(())) = timeout(CLOSE_GRACE, frames).await {
         // Drain until the client answers the close, so the close frame is not lost to a reset.
-        let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+        let _ = timeout(CLOSE_GRACE, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -147,7 +157,8 @@ where
     }
 
     async fn serve(&mut self) -> End {
-        let hello = message::connection_established(&self.socket, self.ctx.config.server.activity_timeout);
+        let hello =
+            message::connection_established(&self.socket, self.ctx.config.server.activity_timeout);
         if let Err(end) = self.write(vec![text(hello)]).await {
             return end;
         }
@@ -230,8 +241,11 @@ where
             }
             Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
-                self.error(None, "Binary frames are not supported: send JSON text frames")
-                    .await
+                self.error(
+                    None,
+                    "Binary frames are not supported: send JSON text frames",
+                )
+                .await
             }
             // tungstenite queued the pong; flush it out.
             Some(Ok(Message::Ping(_))) => self.write(Vec::new()).await,
@@ -262,8 +276,11 @@ where
                 Ok(())
             }
             ClientMessage::Signin { .. } => {
-                self.error(None, "User authentication (pusher:signin) is not enabled on this server")
-                    .await
+                self.error(
+                    None,
+                    "User authentication (pusher:signin) is not enabled on this server",
+                )
+                .await
             }
             ClientMessage::ClientEvent {
                 event,
@@ -275,7 +292,13 @@ where
 
     /// Reports a refused subscription both ways Pusher clients listen for it: `pusher:error`
     /// on the connection and `pusher:subscription_error` on the channel.
-    async fn refuse_subscription(&mut self, channel: &str, kind: &str, msg: &str, status: u16) -> Result<(), End> {
+    async fn refuse_subscription(
+        &mut self,
+        channel: &str,
+        kind: &str,
+        msg: &str,
+        status: u16,
+    ) -> Result<(), End> {
         self.write(vec![
             text(message::error(None, msg)),
             text(message::subscription_error(channel, kind, msg, status)),
@@ -283,7 +306,12 @@ where
         .await
     }
 
-    async fn subscribe(&mut self, channel: String, token: Option<String>, channel_data: Option<String>) -> Result<(), End> {
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        token: Option<String>,
+        channel_data: Option<String>,
+    ) -> Result<(), End> {
         let name = match ChannelName::parse(&channel) {
             Ok(name) => name,
             Err(err) => {
@@ -295,7 +323,9 @@ where
         let kind = name.kind();
         if kind == ChannelKind::ServerToUser {
             let msg = "Cannot subscribe to #server-to-user- channels: sign in as that user instead";
-            return self.refuse_subscription(&channel, "AuthError", msg, 403).await;
+            return self
+                .refuse_subscription(&channel, "AuthError", msg, 403)
+                .await;
         }
         if kind.needs_auth() {
             let signed = auth::channel_string(&self.socket, &channel, channel_data.as_deref());
@@ -323,7 +353,9 @@ where
         } else {
             None
         };
-        let user_id = member.as_ref().map(|m| Arc::<str>::from(m.user_id.as_str()));
+        let user_id = member
+            .as_ref()
+            .map(|m| Arc::<str>::from(m.user_id.as_str()));
         let max_members = limits.max_presence_members;
         match self
             .ctx
@@ -342,7 +374,12 @@ where
         }
     }
 
-    async fn client_event(&mut self, event: String, channel: String, data: Box<RawValue>) -> Result<(), End> {
+    async fn client_event(
+        &mut self,
+        event: String,
+        channel: String,
+        data: Box<RawValue>,
+    ) -> Result<(), End> {
         if !self.app.client_events {
             return self
                 .error(None, "Client events are not enabled for this app")
@@ -350,7 +387,8 @@ where
         }
         let kind = ChannelName::parse(&channel).map(|n| n.kind());
         if !matches!(kind, Ok(ChannelKind::Private | ChannelKind::Presence)) {
-            let msg = format!("Client event rejected: {channel:?} is not a private or presence channel");
+            let msg =
+                format!("Client event rejected: {channel:?} is not a private or presence channel");
             return self.error(None, &msg).await;
         }
         let Some(user_id) = self.subscriptions.get(&channel).cloned() else {
@@ -379,7 +417,12 @@ where
         let frame = message::client_event(&event, &channel, &data, user_id.as_deref());
         self.ctx
             .adapter
-            .publish(&self.app.id, &channel, Frame::from(frame), Some(self.socket_id()))
+            .publish(
+                &self.app.id,
+                &channel,
+                Frame::from(frame),
+                Some(self.socket_id()),
+            )
             .await;
         Ok(())
     }

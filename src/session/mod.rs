@@ -11,7 +11,10 @@
 mod handler;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -65,7 +68,8 @@ pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
         .is_some_and(|v| v == "13");
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
         let mut res = warp::reply::Response::new(
-            r#"{"error":"Bad WebSocket handshake: Sec-WebSocket-Key and version 13 are required"}"#.into(),
+            r#"{"error":"Bad WebSocket handshake: Sec-WebSocket-Key and version 13 are required"}"#
+                .into(),
         );
         *res.status_mut() = StatusCode::BAD_REQUEST;
         return res;
@@ -78,7 +82,12 @@ pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
     tracker.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 run(ws, ctx, &path, query.as_deref()).await;
             }
             Err(err) => tracing::debug!(cause = %err, "websocket upgrade failed"),
