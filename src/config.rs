@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub max_queued_messages: usize,
     /// Seconds that graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout: u64,
+    /// Seconds a connection of an `authorized_connections` app has to sign in (or subscribe
+    /// to a private channel) before it is closed with 4009.
+    pub authorization_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             pong_timeout: 30,
             max_queued_messages: 512,
             shutdown_timeout: 10,
+            authorization_timeout: 30,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct LimitsConfig {
     pub max_presence_members: usize,
     /// Largest presence `user_info`, in KiB.
     pub max_presence_user_info_kb: usize,
+    /// Seconds a cache channel keeps its last event (Pusher: up to 30 minutes).
+    pub cache_ttl: u64,
 }
 
 impl Default for LimitsConfig {
@@ -97,6 +103,7 @@ impl Default for LimitsConfig {
             max_batch_size: 10,
             max_presence_members: 100,
             max_presence_user_info_kb: 1,
+            cache_ttl: 1800,
         }
     }
 }
@@ -332,6 +339,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn env_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[server]\nport = 7000\n")?;

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← `adapter` ←
-//! {`session`, `http`} ← `server` ← `main`. `config` is passed in, never read globally.
+//! {`session`, `http`, `webhooks`} ← `server` ← `main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
 //! - [`protocol`]: Pusher wire types and rules; no I/O.
@@ -13,6 +13,8 @@
 //! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
 //! - [`session`]: one task per WebSocket connection.
 //! - [`http`]: health checks and the signed HTTP API (warp).
+//! - [`webhooks`]: debounced, batched, signed webhook deliveries with retries.
+//! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: the listener, shared context and ordered shutdown.
 
 pub mod adapter;
@@ -20,10 +22,12 @@ pub mod apps;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::Server;

@@ -27,8 +27,10 @@ use tower_service::Service;
 use crate::adapter::{Adapter, LocalAdapter};
 use crate::apps::{AppStore, StaticAppStore};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::SocketId;
 use crate::registry::Registry;
+use crate::webhooks::Webhooks;
 
 /// Everything a session or request handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -45,21 +47,31 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The webhook queue.
+    pub webhooks: Webhooks,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
     node: u64,
     next_socket: Arc<AtomicU64>,
 }
 
 impl Context {
-    /// A context over the static app store and the local adapter.
+    /// A context over the static app store and the local adapter; starts the webhook
+    /// worker (so it must be called inside a tokio runtime).
     pub fn new(config: Config) -> Context {
         let registry = Registry::default();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
         Context {
             apps: Arc::new(StaticAppStore::new(&config.apps)),
             adapter: Arc::new(LocalAdapter::new(registry.clone())),
             registry,
             config: Arc::new(config),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            webhooks: Webhooks::start(&tracker, shutdown.clone(), metrics.clone()),
+            metrics,
+            shutdown,
+            tracker,
             // Random per process so that socket ids from different nodes do not collide.
             node: u64::from(rand::random::<u32>()),
             next_socket: Arc::new(AtomicU64::new(1)),

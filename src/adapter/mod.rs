@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::protocol::SocketId;
+use crate::protocol::{Close, SocketId};
 use crate::registry::{ChannelStats, Frame, Registry};
 
 /// Cluster-wide operations. Implementations are held as `Arc<dyn Adapter>`.
@@ -22,6 +22,8 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     async fn channels(&self, app_id: &str) -> Vec<(String, ChannelStats)>;
     /// Presence user ids across the cluster.
     async fn presence_users(&self, app_id: &str, channel: &str) -> Vec<String>;
+    /// Closes every connection signed in as `user_id`, on every node.
+    async fn terminate_user(&self, app_id: &str, user_id: &str);
 }
 
 /// The single-node adapter: the local registry is the whole truth.
@@ -53,5 +55,11 @@ impl Adapter for LocalAdapter {
 
     async fn presence_users(&self, app_id: &str, channel: &str) -> Vec<String> {
         self.registry.presence_users(app_id, channel)
+    }
+
+    async fn terminate_user(&self, app_id: &str, user_id: &str) {
+        for conn in self.registry.user_connections(app_id, user_id) {
+            conn.request_close(Close::TERMINATED);
+        }
     }
 }

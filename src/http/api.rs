@@ -75,7 +75,10 @@ pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, Api
         ["channels"] if get => channels(ctx, &app, param("filter_by_prefix"), param("info")).await,
         ["channels", channel] if get => channel_info(ctx, &app, channel, param("info")).await,
         ["channels", channel, "users"] if get => users(ctx, &app, channel).await,
-        ["users", _user, "terminate_connections"] if post => Ok(json!({})),
+        ["users", user, "terminate_connections"] if post => {
+            ctx.adapter.terminate_user(&app.id, user).await;
+            Ok(json!({}))
+        }
         ["events"]
         | ["batch_events"]
         | ["channels"]
@@ -224,12 +227,17 @@ fn attributes(kind: ChannelKind, stats: ChannelStats, info: &[String]) -> Map<St
 }
 
 async fn publish(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
+    let ttl = std::time::Duration::from_secs(ctx.config.limits.cache_ttl);
     for channel in &event.channels {
         let frame = Frame::from(message::channel_event(
             &event.name,
             channel.as_str(),
             &event.data,
         ));
+        if channel.is_cache() {
+            ctx.registry
+                .cache_put(&app.id, channel.as_str(), frame.clone(), &event.data, ttl);
+        }
         ctx.adapter
             .publish(&app.id, channel.as_str(), frame, event.except)
             .await;
@@ -335,16 +343,30 @@ async fn channel_info(
     info: Option<&str>,
 ) -> Result<Value, ApiError> {
     let channel = channel_name(name)?;
-    let info = parse_info(info.unwrap_or(""), &["user_count", "subscription_count"])?;
+    let allowed = ["user_count", "subscription_count", "cache"];
+    let info = parse_info(info.unwrap_or(""), &allowed)?;
     if info.iter().any(|a| a == "user_count") && channel.kind() != ChannelKind::Presence {
         return Err(ApiError::bad(
             "info=user_count is only available for presence channels",
+        ));
+    }
+    let want_cache = info.iter().any(|a| a == "cache");
+    if want_cache && !channel.is_cache() {
+        return Err(ApiError::bad(
+            "info=cache is only available for cache channels",
         ));
     }
     let stats = ctx.adapter.channel_stats(&app.id, name).await;
     let mut out = Map::new();
     out.insert("occupied".into(), json!(stats.subscription_count > 0));
     out.extend(attributes(channel.kind(), stats, &info));
+    if want_cache {
+        let cache = ctx
+            .registry
+            .cache_get(&app.id, name)
+            .map(|c| json!({"data": c.data, "ttl": c.ttl}));
+        out.insert("cache".into(), cache.unwrap_or(Value::Null));
+    }
     Ok(Value::Object(out))
 }
 

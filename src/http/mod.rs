@@ -44,6 +44,15 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
             }
         });
 
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .map(|ctx: Context| {
+            let body = ctx.metrics.render(ctx.registry.total_connections());
+            warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4")
+                .into_response()
+        });
+
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
     let api = warp::path("apps")
@@ -83,6 +92,8 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         );
 
     up.or(up_app)
+        .unify()
+        .or(metrics)
         .unify()
         .or(api)
         .unify()

@@ -88,6 +88,22 @@ impl ChannelName {
         }
     }
 
+    /// Cache channels (`cache-`, `private-cache-`, `presence-cache-`,
+    /// `private-encrypted-cache-`) keep their last event for new subscribers.
+    pub fn is_cache(&self) -> bool {
+        let n = self.0.as_str();
+        let rest = ["private-encrypted-", "private-", "presence-"]
+            .iter()
+            .find_map(|p| n.strip_prefix(p))
+            .unwrap_or(n);
+        rest.starts_with("cache-")
+    }
+
+    /// The user a `#server-to-user-<id>` channel belongs to.
+    pub fn server_to_user_id(&self) -> Option<&str> {
+        self.0.strip_prefix(SERVER_TO_USER_PREFIX)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -113,6 +129,18 @@ mod tests {
         assert_eq!(kind("presence-a"), ChannelKind::Presence);
         assert_eq!(kind("#server-to-user-42"), ChannelKind::ServerToUser);
         assert_eq!(kind("privatea"), ChannelKind::Public);
+    }
+
+    #[test]
+    fn cache_channels() {
+        let cache = |n: &str| ChannelName::parse(n).unwrap().is_cache();
+        assert!(cache("cache-a"));
+        assert!(cache("private-cache-a"));
+        assert!(cache("presence-cache-a"));
+        assert!(cache("private-encrypted-cache-a"));
+        assert!(!cache("cachea"));
+        assert!(!cache("private-a"));
+        assert!(!cache("presence-private-cache-a"));
     }
 
     #[test]

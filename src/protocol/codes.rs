@@ -38,10 +38,17 @@ impl Close {
         code: 4007,
         message: "Unsupported protocol version",
     };
-    /// Closed on purpose (terminate_connections, authorized-connection timeout).
+    /// `authorized_connections` apps: no sign-in or private subscription in time.
     pub const UNAUTHORIZED: Close = Close {
         code: 4009,
-        message: "Connection is unauthorized",
+        message: "Connection not authorized within timeout",
+    };
+    /// `POST /users/{id}/terminate_connections`. Pusher documents that a terminated user may
+    /// reconnect "if nothing else is done", so this is a 42xx code (pusher-js reconnects and
+    /// signs in again only if the app still authorizes it); 4009 would stop pusher-js for good.
+    pub const TERMINATED: Close = Close {
+        code: 4200,
+        message: "Connection terminated by the app",
     };
     /// Graceful shutdown: reconnect at once (to another node).
     pub const SHUTTING_DOWN: Close = Close {
@@ -68,3 +75,9 @@ impl Close {
 
 /// Non-fatal error code for a client event over the rate limit.
 pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
+
+/// Non-fatal error code for a watchlist over [`MAX_WATCHLIST`] ids.
+pub const WATCHLIST_LIMIT: u16 = 4302;
+
+/// Most user ids a watchlist may hold (Pusher: 100).
+pub const MAX_WATCHLIST: usize = 100;

@@ -350,6 +350,82 @@ pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16)
     frame("pusher:subscription_error", Some(channel), data)
 }
 
+/// `pusher:signin_success`, echoing the signed user data.
+pub fn signin_success(user_data: &str) -> String {
+    let data = serde_json::json!({ "user_data": user_data }).to_string();
+    frame("pusher:signin_success", None, data)
+}
+
+/// `pusher_internal:watchlist_events` with one entry per non-empty list.
+pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
+    let mut events = Vec::new();
+    for (name, ids) in [("online", online), ("offline", offline)] {
+        if !ids.is_empty() {
+            events.push(serde_json::json!({"name": name, "user_ids": ids}));
+        }
+    }
+    let data = serde_json::json!({ "events": events }).to_string();
+    frame("pusher_internal:watchlist_events", None, data)
+}
+
+/// `pusher:cache_miss`: a cache channel had nothing to replay.
+pub fn cache_miss(channel: &str) -> String {
+    frame("pusher:cache_miss", Some(channel), "{}")
+}
+
+/// `pusher_internal:subscription_count`
+pub fn subscription_count(channel: &str, count: usize) -> String {
+    let data = serde_json::json!({ "subscription_count": count }).to_string();
+    frame("pusher_internal:subscription_count", Some(channel), data)
+}
+
+/// A signed-in user as announced in the signed `user_data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigninUser {
+    /// Non-empty string id (pusher-js tears the sign-in down otherwise).
+    pub id: String,
+    /// Watched user ids, at most [`super::codes::MAX_WATCHLIST`].
+    pub watchlist: Vec<String>,
+    /// Whether the watchlist had to be cut to the limit.
+    pub watchlist_truncated: bool,
+}
+
+impl SigninUser {
+    /// Reads `{"id": "...", "user_info": {...}, "watchlist": [...]}`.
+    pub fn parse(user_data: &str) -> Result<SigninUser, &'static str> {
+        let value: Value = serde_json::from_str(user_data).map_err(|_| "user_data is not JSON")?;
+        let id = match value.get("id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err("user_data must have a non-empty string 'id'"),
+        };
+        if id.chars().count() > MAX_USER_ID_LEN {
+            return Err("user_data 'id' is too long");
+        }
+        let mut watchlist = Vec::new();
+        match value.get("watchlist") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(ids)) => {
+                for v in ids {
+                    match v {
+                        Value::String(s) if !s.is_empty() => watchlist.push(s.clone()),
+                        Value::Number(n) => watchlist.push(n.to_string()),
+                        _ => return Err("user_data 'watchlist' must hold user ids"),
+                    }
+                }
+            }
+            Some(_) => return Err("user_data 'watchlist' must be an array"),
+        }
+        let max = super::codes::MAX_WATCHLIST;
+        let watchlist_truncated = watchlist.len() > max;
+        watchlist.truncate(max);
+        Ok(SigninUser {
+            id,
+            watchlist,
+            watchlist_truncated,
+        })
+    }
+}
+
 /// A channel event published through the HTTP API (`data` is the publisher's string).
 pub fn channel_event(event: &str, channel: &str, data: &str) -> String {
     frame(event, Some(channel), data)
@@ -461,6 +537,20 @@ mod tests {
             PresenceMember::parse(&big, 1024),
             Err(PresenceDataError::InfoTooLarge(..))
         ));
+    }
+
+    #[test]
+    fn signin_user() {
+        let u = SigninUser::parse(r#"{"id":"1","watchlist":["2",3]}"#).unwrap();
+        assert_eq!(u.id, "1");
+        assert_eq!(u.watchlist, vec!["2", "3"]);
+        assert!(SigninUser::parse(r#"{"id":1}"#).is_err());
+        assert!(SigninUser::parse(r#"{"id":""}"#).is_err());
+        let ids: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+        let big = serde_json::json!({"id": "1", "watchlist": ids}).to_string();
+        let u = SigninUser::parse(&big).unwrap();
+        assert_eq!(u.watchlist.len(), 100);
+        assert!(u.watchlist_truncated);
     }
 
     #[test]

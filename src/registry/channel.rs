@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
+use tokio::time::{Duration, Instant};
 
 use super::conn::{Conn, Frame};
 use crate::protocol::message::{self, PresenceMember};
@@ -34,12 +35,34 @@ pub enum SubscribeError {
     Full(String, usize),
 }
 
+/// What a subscribe or unsubscribe changed, for webhooks and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The channel got its first subscriber.
+    pub occupied: bool,
+    /// The channel lost its last subscriber.
+    pub vacated: bool,
+    /// A presence user's first connection joined.
+    pub member_added: Option<Arc<str>>,
+    /// A presence user's last connection left.
+    pub member_removed: Option<Arc<str>>,
+    /// Subscribers after the change.
+    pub subscription_count: usize,
+}
+
 /// Subscribers and presence members of one channel.
 #[derive(Debug, Default)]
 pub(super) struct Channel {
     pub(super) subscribers: HashMap<SocketId, Subscriber>,
     members: HashMap<Arc<str>, Member>,
+    /// When `pusher_internal:subscription_count` was last sent (throttled on busy channels).
+    count_sent_at: Option<Instant>,
 }
+
+/// Above this many subscribers, `subscription_count` goes out at most every
+/// [`COUNT_INTERVAL`] (Pusher's documented throttle).
+const BUSY_CHANNEL: usize = 100;
+const COUNT_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Channel {
     /// Adds a subscriber. For presence, returns the `subscription_succeeded` data and tells
@@ -50,7 +73,11 @@ impl Channel {
         conn: &Arc<Conn>,
         member: Option<PresenceMember>,
         max_members: usize,
-    ) -> Result<String, SubscribeError> {
+    ) -> Result<(String, Change), SubscribeError> {
+        let mut change = Change {
+            occupied: self.subscribers.is_empty(),
+            ..Change::default()
+        };
         let Some(member) = member else {
             self.subscribers.insert(
                 conn.socket_id,
@@ -59,7 +86,8 @@ impl Channel {
                     user_id: None,
                 },
             );
-            return Ok("{}".to_string());
+            change.subscription_count = self.subscribers.len();
+            return Ok(("{}".to_string(), change));
         };
         if self.subscribers.contains_key(&conn.socket_id) {
             return Err(SubscribeError::Existing(name.to_string()));
@@ -81,6 +109,7 @@ impl Channel {
                     sockets: 0,
                 },
             );
+            change.member_added = Some(user_id.clone());
         }
         if let Some(m) = self.members.get_mut(&user_id) {
             m.sockets += 1;
@@ -92,16 +121,19 @@ impl Channel {
                 user_id: Some(user_id),
             },
         );
-        Ok(message::presence_data(
-            self.members.iter().map(|(id, m)| (&**id, &*m.info)),
-        ))
+        change.subscription_count = self.subscribers.len();
+        let data = message::presence_data(self.members.iter().map(|(id, m)| (&**id, &*m.info)));
+        Ok((data, change))
     }
 
     /// Removes a subscriber; on a presence channel, tells the others when its user's last
-    /// connection leaves. Returns whether the socket was subscribed.
-    pub(super) fn unsubscribe(&mut self, name: &str, socket_id: SocketId) -> bool {
-        let Some(sub) = self.subscribers.remove(&socket_id) else {
-            return false;
+    /// connection leaves. `None` when the socket was not subscribed.
+    pub(super) fn unsubscribe(&mut self, name: &str, socket_id: SocketId) -> Option<Change> {
+        let sub = self.subscribers.remove(&socket_id)?;
+        let mut change = Change {
+            vacated: self.subscribers.is_empty(),
+            subscription_count: self.subscribers.len(),
+            ..Change::default()
         };
         if let Some(user_id) = sub.user_id {
             let gone = match self.members.get_mut(&user_id) {
@@ -117,7 +149,30 @@ impl Channel {
                 for sub in self.subscribers.values() {
                     sub.conn.send(frame.clone());
                 }
+                change.member_removed = Some(user_id);
             }
+        }
+        Some(change)
+    }
+
+    /// Sends `pusher_internal:subscription_count` to every subscriber, at most every 30 s on
+    /// channels with more than 100 subscribers. Returns whether it was sent.
+    pub(super) fn broadcast_count(&mut self, name: &str, now: Instant) -> bool {
+        let count = self.subscribers.len();
+        if count == 0 {
+            return false;
+        }
+        if count > BUSY_CHANNEL {
+            if let Some(at) = self.count_sent_at {
+                if now.duration_since(at) < COUNT_INTERVAL {
+                    return false;
+                }
+            }
+        }
+        self.count_sent_at = Some(now);
+        let frame = Frame::from(message::subscription_count(name, count));
+        for sub in self.subscribers.values() {
+            sub.conn.send(frame.clone());
         }
         true
     }

@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use tokio::time::{Duration, Instant};
 
-pub use channel::SubscribeError;
+pub use channel::{Change, SubscribeError};
 pub use conn::{Conn, Frame};
 
-use crate::protocol::message::PresenceMember;
+use crate::protocol::message::{self, PresenceMember};
 use crate::protocol::{Close, SocketId};
 use channel::Channel;
 
@@ -41,6 +42,30 @@ pub struct Registry {
 struct AppState {
     connections: AtomicUsize,
     channels: DashMap<String, Channel>,
+    /// Signed-in connections per user id.
+    users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
+    /// Connections watching a user id (their watchlist holds it).
+    watchers: DashMap<Arc<str>, Vec<Arc<Conn>>>,
+    /// Last event of each cache channel.
+    cache: DashMap<String, Cached>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    frame: Frame,
+    data: String,
+    expires: Instant,
+}
+
+/// A cache channel's last event, as `GET /channels/{c}?info=cache` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The frame to replay.
+    pub frame: Frame,
+    /// The event's data.
+    pub data: String,
+    /// Seconds left.
+    pub ttl: u64,
 }
 
 impl Registry {
@@ -67,12 +92,21 @@ impl Registry {
         self.app(app_id).connections.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Connections of all apps on this node.
+    pub fn total_connections(&self) -> usize {
+        self.apps
+            .iter()
+            .map(|a| a.connections.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Connections the app has on this node.
     pub fn connection_count(&self, app_id: &str) -> usize {
         self.app(app_id).connections.load(Ordering::Acquire)
     }
 
-    /// Subscribes `conn`; returns the `subscription_succeeded` data (`{}` or presence data).
+    /// Subscribes `conn`; returns the `subscription_succeeded` data (`{}` or presence data)
+    /// and what changed. With `count`, subscribers are sent the new subscription count.
     pub fn subscribe(
         &self,
         app_id: &str,
@@ -80,22 +114,135 @@ impl Registry {
         conn: &Arc<Conn>,
         member: Option<PresenceMember>,
         max_members: usize,
-    ) -> Result<String, SubscribeError> {
+        count: bool,
+    ) -> Result<(String, Change), SubscribeError> {
         let app = self.app(app_id);
         let mut entry = app.channels.entry(channel.to_string()).or_default();
-        entry.subscribe(channel, conn, member, max_members)
+        let result = entry.subscribe(channel, conn, member, max_members)?;
+        if count {
+            entry.broadcast_count(channel, Instant::now());
+        }
+        Ok(result)
     }
 
-    /// Unsubscribes a socket; returns whether it was subscribed. An empty channel is dropped.
-    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: SocketId) -> bool {
+    /// Unsubscribes a socket; `None` when it was not subscribed. An empty channel is dropped.
+    pub fn unsubscribe(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: SocketId,
+        count: bool,
+    ) -> Option<Change> {
         let app = self.app(app_id);
-        let removed = match app.channels.get_mut(channel) {
-            Some(mut c) => c.unsubscribe(channel, socket_id),
-            None => false,
+        let change = match app.channels.get_mut(channel) {
+            Some(mut c) => {
+                let change = c.unsubscribe(channel, socket_id);
+                if count && change.is_some() {
+                    c.broadcast_count(channel, Instant::now());
+                }
+                change
+            }
+            None => None,
         };
         app.channels
             .remove_if(channel, |_, c| c.subscribers.is_empty());
-        removed
+        change
+    }
+
+    /// Records a signed-in connection. When it is the user's first, everyone watching the
+    /// user hears `online`. Registers `conn` as a watcher of `watchlist` and returns which of
+    /// those users are online and offline now.
+    pub fn sign_in(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        conn: &Arc<Conn>,
+        watchlist: &[String],
+    ) -> (Vec<String>, Vec<String>) {
+        let app = self.app(app_id);
+        let user: Arc<str> = Arc::from(user_id);
+        let first = {
+            let mut conns = app.users.entry(user.clone()).or_default();
+            conns.push(conn.clone());
+            conns.len() == 1
+        };
+        if first {
+            notify_watchers(&app, &user, true);
+        }
+        let (mut online, mut offline) = (Vec::new(), Vec::new());
+        for id in watchlist {
+            let id: Arc<str> = Arc::from(id.as_str());
+            app.watchers
+                .entry(id.clone())
+                .or_default()
+                .push(conn.clone());
+            if app.users.contains_key(&id) {
+                online.push(id.to_string());
+            } else {
+                offline.push(id.to_string());
+            }
+        }
+        (online, offline)
+    }
+
+    /// Undoes [`Registry::sign_in`]; when it was the user's last connection, watchers hear
+    /// `offline`.
+    pub fn sign_out(&self, app_id: &str, user_id: &str, socket_id: SocketId, watchlist: &[String]) {
+        let app = self.app(app_id);
+        let last = match app.users.get_mut(user_id) {
+            Some(mut conns) => {
+                conns.retain(|c| c.socket_id != socket_id);
+                conns.is_empty()
+            }
+            None => false,
+        };
+        if last {
+            app.users.remove_if(user_id, |_, conns| conns.is_empty());
+            notify_watchers(&app, &Arc::from(user_id), false);
+        }
+        for id in watchlist {
+            if let Some(mut conns) = app.watchers.get_mut(id.as_str()) {
+                conns.retain(|c| c.socket_id != socket_id);
+            }
+            app.watchers
+                .remove_if(id.as_str(), |_, conns| conns.is_empty());
+        }
+    }
+
+    /// The connections signed in as `user_id`.
+    pub fn user_connections(&self, app_id: &str, user_id: &str) -> Vec<Arc<Conn>> {
+        self.app(app_id)
+            .users
+            .get(user_id)
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stores the last event of a cache channel for `ttl`.
+    pub fn cache_put(&self, app_id: &str, channel: &str, frame: Frame, data: &str, ttl: Duration) {
+        let cached = Cached {
+            frame,
+            data: data.to_string(),
+            expires: Instant::now() + ttl,
+        };
+        self.app(app_id).cache.insert(channel.to_string(), cached);
+    }
+
+    /// The unexpired last event of a cache channel.
+    pub fn cache_get(&self, app_id: &str, channel: &str) -> Option<CacheEntry> {
+        let app = self.app(app_id);
+        let now = Instant::now();
+        let entry = app.cache.get(channel).and_then(|c| {
+            (c.expires > now).then(|| CacheEntry {
+                frame: c.frame.clone(),
+                data: c.data.clone(),
+                ttl: c.expires.duration_since(now).as_secs(),
+            })
+        });
+        if entry.is_none() {
+            app.cache.remove_if(channel, |_, c| c.expires <= now);
+        }
+        entry
     }
 
     /// Queues `frame` for every local subscriber of `channel` but `except`. Returns how many
@@ -167,6 +314,22 @@ impl Registry {
     }
 }
 
+fn notify_watchers(app: &AppState, user: &Arc<str>, online: bool) {
+    let Some(watchers) = app.watchers.get(user).map(|w| w.clone()) else {
+        return;
+    };
+    let ids = [&**user];
+    let frame = if online {
+        message::watchlist_events(&ids, &[])
+    } else {
+        message::watchlist_events(&[], &ids)
+    };
+    let frame = Frame::from(frame);
+    for conn in watchers {
+        conn.send(frame.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,12 +344,12 @@ mod tests {
         let (a1, mut rx_a1) = Conn::new(SocketId(1, 1), 8);
         let (a2, _rx_a2) = Conn::new(SocketId(1, 2), 8);
         let (b, mut rx_b) = Conn::new(SocketId(1, 3), 8);
-        reg.subscribe("1", "presence-x", &b, member("b"), 100)
+        reg.subscribe("1", "presence-x", &b, member("b"), 100, false)
             .unwrap();
-        reg.subscribe("1", "presence-x", &a1, member("a"), 100)
+        reg.subscribe("1", "presence-x", &a1, member("a"), 100, false)
             .unwrap();
         assert!(rx_b.try_recv().unwrap().as_str().contains("member_added"));
-        reg.subscribe("1", "presence-x", &a2, member("a"), 100)
+        reg.subscribe("1", "presence-x", &a2, member("a"), 100, false)
             .unwrap();
         assert!(
             rx_b.try_recv().is_err(),
@@ -199,13 +362,19 @@ mod tests {
                 user_count: 2
             }
         );
-        assert!(reg.unsubscribe("1", "presence-x", a1.socket_id));
+        let change = reg
+            .unsubscribe("1", "presence-x", a1.socket_id, false)
+            .unwrap();
+        assert_eq!(change.member_removed, None);
         assert!(rx_b.try_recv().is_err(), "a still has a tab open");
-        assert!(reg.unsubscribe("1", "presence-x", a2.socket_id));
+        let change = reg
+            .unsubscribe("1", "presence-x", a2.socket_id, false)
+            .unwrap();
+        assert_eq!(change.member_removed.as_deref(), Some("a"));
         assert!(rx_b.try_recv().unwrap().as_str().contains("member_removed"));
         assert!(rx_a1.try_recv().is_err());
         assert_eq!(
-            reg.subscribe("1", "presence-x", &b, member("b"), 100),
+            reg.subscribe("1", "presence-x", &b, member("b"), 100, false),
             Err(SubscribeError::Existing("presence-x".into()))
         );
     }
@@ -215,10 +384,10 @@ mod tests {
         let reg = Registry::default();
         let (a, _ra) = Conn::new(SocketId(1, 1), 8);
         let (b, _rb) = Conn::new(SocketId(1, 2), 8);
-        reg.subscribe("1", "presence-x", &a, member("a"), 1)
+        reg.subscribe("1", "presence-x", &a, member("a"), 1, false)
             .unwrap();
         assert!(matches!(
-            reg.subscribe("1", "presence-x", &b, member("b"), 1),
+            reg.subscribe("1", "presence-x", &b, member("b"), 1, false),
             Err(SubscribeError::Full(..))
         ));
     }
@@ -232,7 +401,7 @@ mod tests {
         assert!(reg.connect("1", 1).is_ok());
 
         let (slow, _rx) = Conn::new(SocketId(1, 1), 1);
-        reg.subscribe("1", "c", &slow, None, 100).unwrap();
+        reg.subscribe("1", "c", &slow, None, 100, false).unwrap();
         let frame = Frame::from("x");
         reg.publish("1", "c", &frame, None);
         reg.publish("1", "c", &frame, None);
@@ -245,8 +414,10 @@ mod tests {
         let reg = Registry::default();
         let (a, mut ra) = Conn::new(SocketId(1, 1), 8);
         let (b, mut rb) = Conn::new(SocketId(1, 2), 8);
-        reg.subscribe("1", "c", &a, None, 100).unwrap();
-        reg.subscribe("1", "c", &b, None, 100).unwrap();
+        let (_, change) = reg.subscribe("1", "c", &a, None, 100, false).unwrap();
+        assert!(change.occupied);
+        let (_, change) = reg.subscribe("1", "c", &b, None, 100, false).unwrap();
+        assert!(!change.occupied);
         assert_eq!(
             reg.publish("1", "c", &Frame::from("x"), Some(a.socket_id)),
             1
@@ -258,8 +429,83 @@ mod tests {
             0,
             "apps are isolated"
         );
-        reg.unsubscribe("1", "c", a.socket_id);
-        reg.unsubscribe("1", "c", b.socket_id);
+        assert!(
+            !reg.unsubscribe("1", "c", a.socket_id, false)
+                .unwrap()
+                .vacated
+        );
+        assert!(
+            reg.unsubscribe("1", "c", b.socket_id, false)
+                .unwrap()
+                .vacated
+        );
+        assert!(reg.unsubscribe("1", "c", b.socket_id, false).is_none());
         assert!(reg.channels("1").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscription_count_is_throttled_on_busy_channels() {
+        let reg = Registry::default();
+        let mut conns = Vec::new();
+        for i in 0..102 {
+            conns.push(Conn::new(SocketId(1, i), 1024));
+        }
+        for (conn, _) in &conns {
+            reg.subscribe("1", "c", conn, None, 100, true).unwrap();
+        }
+        let received = |rx: &mut tokio::sync::mpsc::Receiver<Frame>| {
+            let mut n = 0;
+            while rx.try_recv().is_ok() {
+                n += 1;
+            }
+            n
+        };
+        // One count per change up to 100 subscribers; past 100, none within 30 s of the last.
+        assert_eq!(received(&mut conns[0].1), 100);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        reg.unsubscribe("1", "c", conns[101].0.socket_id, true);
+        assert_eq!(received(&mut conns[0].1), 1, "sent again after 30 s");
+        reg.unsubscribe("1", "c", conns[100].0.socket_id, true);
+        assert_eq!(
+            received(&mut conns[0].1),
+            1,
+            "100 subscribers: not busy any more"
+        );
+    }
+
+    #[test]
+    fn watchlist_online_offline() {
+        let reg = Registry::default();
+        let (watcher, mut rw) = Conn::new(SocketId(1, 1), 8);
+        let (bob, _rb) = Conn::new(SocketId(1, 2), 8);
+        let (bob2, _rb2) = Conn::new(SocketId(1, 3), 8);
+        let (online, offline) =
+            reg.sign_in("1", "alice", &watcher, &["bob".into(), "carol".into()]);
+        assert!(online.is_empty());
+        assert_eq!(offline, vec!["bob", "carol"]);
+        reg.sign_in("1", "bob", &bob, &[]);
+        assert!(rw.try_recv().unwrap().as_str().contains(r#"\"online\""#));
+        reg.sign_in("1", "bob", &bob2, &[]);
+        assert!(rw.try_recv().is_err(), "bob was online already");
+        reg.sign_out("1", "bob", bob.socket_id, &[]);
+        assert!(rw.try_recv().is_err(), "bob still has a connection");
+        reg.sign_out("1", "bob", bob2.socket_id, &[]);
+        assert!(rw.try_recv().unwrap().as_str().contains(r#"\"offline\""#));
+        assert_eq!(reg.user_connections("1", "bob").len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cache_entries_expire() {
+        let reg = Registry::default();
+        reg.cache_put(
+            "1",
+            "cache-a",
+            Frame::from("f"),
+            "d",
+            Duration::from_secs(60),
+        );
+        assert_eq!(reg.cache_get("1", "cache-a").unwrap().ttl, 60);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(reg.cache_get("1", "cache-a").is_none());
     }
 }

@@ -21,12 +21,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::apps::App;
 use crate::auth;
-use crate::protocol::message::{self, PresenceMember};
+use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
     codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
 };
-use crate::registry::{Conn, Frame};
+use crate::registry::{Change, Conn, Frame};
 use crate::server::Context;
+use crate::webhooks::Event;
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -57,7 +58,12 @@ where
     };
     let socket_id = ctx.next_socket_id();
     let (conn, rx) = Conn::new(socket_id, ctx.config.server.max_queued_messages);
+    let auth_deadline = app
+        .authorized_connections
+        .then(|| Instant::now() + Duration::from_secs(ctx.config.server.authorization_timeout));
     let mut session = Session {
+        auth_deadline,
+        user: None,
         ws,
         ctx: ctx.clone(),
         app,
@@ -138,6 +144,10 @@ struct Session<S> {
     subscriptions: HashMap<String, Option<Arc<str>>>,
     window_start: Instant,
     window_count: u32,
+    /// `authorized_connections` apps: when the connection must be authorized by.
+    auth_deadline: Option<Instant>,
+    /// The signed-in user and its watchlist.
+    user: Option<(Arc<str>, Vec<String>)>,
 }
 
 /// What woke the loop.
@@ -168,10 +178,14 @@ where
         tokio::pin!(idle);
         let mut pinged = false;
         loop {
+            let auth_deadline = self.auth_deadline;
             let step = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => Step::Stop(Close::SHUTTING_DOWN),
                 reason = self.conn.close_requested() => Step::Stop(reason),
+                _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(Instant::now)), if auth_deadline.is_some() => {
+                    Step::Stop(Close::UNAUTHORIZED)
+                }
                 frame = self.rx.recv() => Step::Outbound(frame),
                 msg = self.ws.next() => Step::Inbound(msg),
                 _ = &mut idle => Step::Idle,
@@ -269,19 +283,11 @@ where
             } => self.subscribe(channel, auth, channel_data).await,
             ClientMessage::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel).is_some() {
-                    self.ctx
-                        .registry
-                        .unsubscribe(&self.app.id, &channel, self.socket_id());
+                    self.leave(&channel);
                 }
                 Ok(())
             }
-            ClientMessage::Signin { .. } => {
-                self.error(
-                    None,
-                    "User authentication (pusher:signin) is not enabled on this server",
-                )
-                .await
-            }
+            ClientMessage::Signin { auth, user_data } => self.signin(auth, user_data).await,
             ClientMessage::ClientEvent {
                 event,
                 channel,
@@ -322,10 +328,16 @@ where
         };
         let kind = name.kind();
         if kind == ChannelKind::ServerToUser {
-            let msg = "Cannot subscribe to #server-to-user- channels: sign in as that user instead";
-            return self
-                .refuse_subscription(&channel, "AuthError", msg, 403)
-                .await;
+            let own = match (&self.user, name.server_to_user_id()) {
+                (Some((me, _)), Some(id)) => **me == *id,
+                _ => false,
+            };
+            if !own {
+                let msg = "#server-to-user- channels are only for the signed-in user they name";
+                return self
+                    .refuse_subscription(&channel, "AuthError", msg, 403)
+                    .await;
+            }
         }
         if kind.needs_auth() {
             let signed = auth::channel_string(&self.socket, &channel, channel_data.as_deref());
@@ -357,15 +369,41 @@ where
             .as_ref()
             .map(|m| Arc::<str>::from(m.user_id.as_str()));
         let max_members = limits.max_presence_members;
-        match self
-            .ctx
-            .registry
-            .subscribe(&self.app.id, &channel, &self.conn, member, max_members)
-        {
-            Ok(data) => {
-                self.subscriptions.insert(channel.clone(), user_id);
-                let ok = message::subscription_succeeded(&channel, &data);
-                self.write(vec![text(ok)]).await
+        let count = self.counts(kind);
+        let subscribed = self.ctx.registry.subscribe(
+            &self.app.id,
+            &channel,
+            &self.conn,
+            member,
+            max_members,
+            count,
+        );
+        match subscribed {
+            Ok((data, change)) => {
+                let fresh = self
+                    .subscriptions
+                    .insert(channel.clone(), user_id)
+                    .is_none();
+                if fresh {
+                    self.report(&channel, &change, count);
+                }
+                if kind.needs_auth() {
+                    self.auth_deadline = None;
+                }
+                let mut frames = vec![text(message::subscription_succeeded(&channel, &data))];
+                if name.is_cache() {
+                    match self.ctx.registry.cache_get(&self.app.id, &channel) {
+                        Some(entry) => frames.push(Message::Text(entry.frame)),
+                        None => {
+                            frames.push(text(message::cache_miss(&channel)));
+                            let miss = Event::CacheMiss {
+                                channel: channel.clone(),
+                            };
+                            self.ctx.webhooks.emit(&self.app, miss);
+                        }
+                    }
+                }
+                self.write(frames).await
             }
             Err(err) => {
                 self.refuse_subscription(&channel, "SubscriptionError", &err.to_string(), 400)
@@ -424,15 +462,136 @@ where
                 Some(self.socket_id()),
             )
             .await;
+        let hook = Event::ClientEvent {
+            channel,
+            event,
+            data,
+            socket_id: self.socket.clone(),
+            user_id: user_id.map(|u| u.to_string()),
+        };
+        self.ctx.webhooks.emit(&self.app, hook);
         Ok(())
+    }
+
+    /// `pusher:signin`: checks the signature over `socket_id::user::user_data`, records the
+    /// user (one per connection) and answers with `pusher:signin_success`, then the initial
+    /// watchlist state.
+    async fn signin(&mut self, token: String, user_data: String) -> Result<(), End> {
+        let signed = auth::user_string(&self.socket, &user_data);
+        if let Err(err) = auth::verify_token(&self.app.key, &self.app.secret, &token, &signed) {
+            return self.error(None, &format!("Invalid signin: {err}")).await;
+        }
+        let user = match SigninUser::parse(&user_data) {
+            Ok(user) => user,
+            Err(problem) => {
+                return self
+                    .error(None, &format!("Invalid signin: {problem}"))
+                    .await
+            }
+        };
+        if let Some((current, _)) = &self.user {
+            if **current != *user.id {
+                let msg = format!(
+                    "Invalid signin: this connection is already signed in as user {current}"
+                );
+                return self.error(None, &msg).await;
+            }
+            // The same user again: nothing changes.
+            return self
+                .write(vec![text(message::signin_success(&user_data))])
+                .await;
+        }
+        let (online, offline) =
+            self.ctx
+                .registry
+                .sign_in(&self.app.id, &user.id, &self.conn, &user.watchlist);
+        self.user = Some((Arc::from(user.id.as_str()), user.watchlist.clone()));
+        self.auth_deadline = None;
+        let mut frames = vec![text(message::signin_success(&user_data))];
+        if !user.watchlist.is_empty() {
+            let online: Vec<&str> = online.iter().map(String::as_str).collect();
+            let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
+            frames.push(text(message::watchlist_events(&online, &offline)));
+        }
+        if user.watchlist_truncated {
+            let msg = "Watchlist limit exceeded. Only the first 100 user IDs are accepted.";
+            frames.push(text(message::error(Some(codes::WATCHLIST_LIMIT), msg)));
+        }
+        self.write(frames).await
+    }
+
+    /// Whether subscribers of this kind of channel are sent subscription counts.
+    fn counts(&self, kind: ChannelKind) -> bool {
+        self.app.subscription_count && kind != ChannelKind::Presence
+    }
+
+    /// Turns a registry change into webhook events.
+    fn report(&self, channel: &str, change: &Change, counted: bool) {
+        let hooks = &self.ctx.webhooks;
+        let ch = || channel.to_string();
+        if change.occupied {
+            hooks.emit(&self.app, Event::ChannelOccupied { channel: ch() });
+        }
+        if let Some(user) = &change.member_added {
+            let user_id = user.to_string();
+            hooks.emit(
+                &self.app,
+                Event::MemberAdded {
+                    channel: ch(),
+                    user_id,
+                },
+            );
+        }
+        if let Some(user) = &change.member_removed {
+            let user_id = user.to_string();
+            hooks.emit(
+                &self.app,
+                Event::MemberRemoved {
+                    channel: ch(),
+                    user_id,
+                },
+            );
+        }
+        if change.vacated {
+            hooks.emit(&self.app, Event::ChannelVacated { channel: ch() });
+        }
+        if counted {
+            let count = change.subscription_count;
+            hooks.emit(
+                &self.app,
+                Event::SubscriptionCount {
+                    channel: ch(),
+                    count,
+                },
+            );
+        }
+    }
+
+    /// Leaves one channel in the registry and reports the change.
+    fn leave(&self, channel: &str) {
+        let kind = ChannelName::parse(channel)
+            .map(|n| n.kind())
+            .unwrap_or(ChannelKind::Public);
+        let count = self.counts(kind);
+        let change =
+            self.ctx
+                .registry
+                .unsubscribe(&self.app.id, channel, self.conn.socket_id, count);
+        if let Some(change) = change {
+            self.report(channel, &change, count);
+        }
     }
 
     /// Leaves every channel (presence members see `member_removed` where due).
     fn cleanup(&mut self) {
-        for (channel, _) in self.subscriptions.drain() {
+        let channels: Vec<String> = self.subscriptions.drain().map(|(c, _)| c).collect();
+        for channel in channels {
+            self.leave(&channel);
+        }
+        if let Some((user, watchlist)) = self.user.take() {
             self.ctx
                 .registry
-                .unsubscribe(&self.app.id, &channel, self.conn.socket_id);
+                .sign_out(&self.app.id, &user, self.conn.socket_id, &watchlist);
         }
     }
 }
