@@ -197,7 +197,9 @@ where
                 Step::Inbound(msg) => {
                     idle.as_mut().reset(Instant::now() + activity);
                     pinged = false;
-                    self.on_message(msg).await
+                    // Boxed: the handlers' state lives on the heap only while a frame is
+                    // handled, so an idle connection's task stays small.
+                    Box::pin(self.on_message(msg)).await
                 }
                 Step::Idle if pinged => return End::Close(Close::PONG_TIMEOUT),
                 Step::Idle => {
