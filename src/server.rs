@@ -145,7 +145,9 @@ impl Server {
                 let ctx = conn_ctx.clone();
                 let mut api = api.clone();
                 async move {
-                    if req.uri().path().starts_with("/app/") && crate::session::is_upgrade(&req) {
+                    // Every WebSocket upgrade goes to the session, which refuses paths other
+                    // than /app/{key} with 4005 as Pusher does.
+                    if crate::session::is_upgrade(&req) {
                         Ok::<_, Infallible>(crate::session::upgrade(req, ctx))
                     } else {
                         api.call(req).await

@@ -235,6 +235,10 @@ impl PresenceMember {
             #[serde(borrow)]
             user_info: Option<&'a RawValue>,
         }
+        // serde would also read a JSON array into the struct; only an object is valid here.
+        if !channel_data.trim_start().starts_with('{') {
+            return Err(PresenceDataError::NotJson);
+        }
         let data: Data<'_> =
             serde_json::from_str(channel_data).map_err(|_| PresenceDataError::NotJson)?;
         let user_id = match data.user_id {
@@ -530,6 +534,10 @@ mod tests {
         );
         assert_eq!(
             PresenceMember::parse("nope", 1024).unwrap_err(),
+            PresenceDataError::NotJson
+        );
+        assert_eq!(
+            PresenceMember::parse("[1,2]", 1024).unwrap_err(),
             PresenceDataError::NotJson
         );
         let big = format!(r#"{{"user_id":"1","user_info":"{}"}}"#, "x".repeat(2000));

@@ -265,7 +265,11 @@ where
             }
             // tungstenite queued the pong; flush it out.
             Some(Ok(Message::Ping(_))) => self.write(Vec::new()).await,
-            Some(Ok(Message::Close(_))) => Err(End::Gone),
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite queued the close reply; send it so the client sees a clean close.
+                let _ = timeout(CLOSE_GRACE, self.ws.flush()).await;
+                Err(End::Gone)
+            }
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
         }
     }
