@@ -523,6 +523,31 @@ mod tests {
     }
 
     #[test]
+    fn shared_frame_vectors() {
+        let fixture: Value =
+            serde_json::from_str(include_str!("../../fixtures/protocol/client_frames.json"))
+                .unwrap();
+        for case in fixture["frames"].as_array().unwrap() {
+            let frame = case["frame"].as_str().unwrap();
+            let got = match ClientMessage::parse(frame) {
+                Ok(ClientMessage::Ping) => "ping",
+                Ok(ClientMessage::Pong) => "pong",
+                Ok(ClientMessage::Subscribe { .. }) => "subscribe",
+                Ok(ClientMessage::Unsubscribe { .. }) => "unsubscribe",
+                Ok(ClientMessage::Signin { .. }) => "signin",
+                Ok(ClientMessage::ClientEvent { .. }) => "client_event",
+                Err(ProtocolError::NotJson(_)) => "not_json",
+                Err(ProtocolError::NoEvent) => "no_event",
+                Err(ProtocolError::UnknownEvent(_)) => "unknown_event",
+                Err(ProtocolError::NotClientEvent(_)) => "not_client_event",
+                Err(ProtocolError::BadField { .. }) => "bad_field",
+            };
+            let want = case["kind"].as_str().or(case["error"].as_str()).unwrap();
+            assert_eq!(got, want, "{frame}");
+        }
+    }
+
+    #[test]
     fn presence_member() {
         let m = PresenceMember::parse(r#"{"user_id":10,"user_info":{"name":"Mr. Pusher"}}"#, 1024)
             .unwrap();
