@@ -169,8 +169,9 @@ impl Webhooks {
                 .unwrap_or_default(),
             tracker: tracker.clone(),
             metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
         };
-        tracker.spawn(worker.run(shutdown));
+        tracker.spawn(worker.run());
         Webhooks { tx, metrics }
     }
 
@@ -192,14 +193,15 @@ struct Worker {
     client: reqwest::Client,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
 impl Worker {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self) {
         loop {
             let deadline = self.batcher.next_deadline();
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
                 item = self.rx.recv() => match item {
                     Some((app, event)) => {
                         let full = self.batcher.push(app, event, Instant::now());
@@ -226,7 +228,8 @@ impl Worker {
         for d in deliveries {
             let client = self.client.clone();
             let metrics = self.metrics.clone();
-            self.tracker.spawn(deliver(client, d, metrics));
+            let shutdown = self.shutdown.clone();
+            self.tracker.spawn(deliver(client, d, metrics, shutdown));
         }
     }
 }
@@ -242,8 +245,17 @@ fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
+/// Wait between retries once the server is shutting down: the process is about to exit
+/// (within `server.shutdown_timeout`), so retries go faster instead of being lost.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(250);
+
 /// POSTs one batch until it is accepted (2xx) or [`RETRY_WINDOW`] has passed.
-async fn deliver(client: reqwest::Client, d: Delivery, metrics: Arc<Metrics>) {
+async fn deliver(
+    client: reqwest::Client,
+    d: Delivery,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
     let mut attempt = 0;
     loop {
@@ -272,6 +284,13 @@ async fn deliver(client: reqwest::Client, d: Delivery, metrics: Arc<Metrics>) {
             return;
         }
         tracing::warn!(url = %d.url, attempt, cause = %problem, retry_in = ?wait, "webhook failed");
-        sleep(wait).await;
+        if shutdown.is_cancelled() {
+            sleep(SHUTDOWN_RETRY).await;
+        } else {
+            tokio::select! {
+                _ = sleep(wait) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
     }
 }
