@@ -152,7 +152,19 @@ impl TestServer {
 
     /// The fixture with TOML overrides, e.g. `"[server]\nactivity_timeout = 1\npong_timeout = 1\n"`.
     pub(crate) async fn start_with(overrides: &str) -> TestServer {
-        let text = config_text(overrides);
+        TestServer::start_text(config_text(overrides)).await
+    }
+
+    /// The fixture with `overrides` (as [`TestServer::start_with`]) and `extra` TOML appended
+    /// verbatim after the fixture's apps: more `[[apps]]`, with `[[apps.webhooks]]` tables.
+    pub(crate) async fn start_with_apps(overrides: &str, extra: &str) -> TestServer {
+        let mut text = config_text(overrides);
+        text.push('\n');
+        text.push_str(extra);
+        TestServer::start_text(text).await
+    }
+
+    async fn start_text(text: String) -> TestServer {
         let config = pushi::config::from_toml(&text)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
         let server = pushi::Server::bind(config).await.expect("bind port 0");
@@ -190,6 +202,23 @@ impl TestServer {
         c.key = key.to_string();
         c.secret = secret_of(key).to_string();
         c.established().await;
+        c
+    }
+
+    /// Connects to an app that is not in [`APPS`] (extra apps) with its key and secret.
+    pub(crate) async fn connect_app(&self, key: &str, secret: &str) -> Client {
+        let path = format!("/app/{key}?protocol=7&client=js&version=8.6.0");
+        let mut c = self.connect_raw(&path).await;
+        c.key = key.to_string();
+        c.secret = secret.to_string();
+        c.established().await;
+        c
+    }
+
+    /// Connects to app 1 and signs in with `user_data` (asserts `pusher:signin_success`).
+    pub(crate) async fn signed_in(&self, user_data: &str) -> Client {
+        let mut c = self.connect().await;
+        c.signin(user_data).await;
         c
     }
 
@@ -342,6 +371,24 @@ impl Client {
     /// Next frame (text, binary, close or end); WebSocket ping/pong frames are skipped.
     /// `None` when nothing arrived within `wait`.
     pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        self.next_frame(wait, true).await
+    }
+
+    /// Like [`Client::next_within`], but `subscription_count` notices are returned too.
+    pub(crate) async fn next_any_within(&mut self, wait: Duration) -> Option<Incoming> {
+        self.next_frame(wait, false).await
+    }
+
+    /// Next text frame as JSON, `subscription_count` notices included; panics otherwise.
+    pub(crate) async fn recv_any_json(&mut self) -> Value {
+        match self.next_any_within(TIMEOUT).await {
+            Some(Incoming::Json(v)) => v,
+            None => panic!("no frame within {TIMEOUT:?}"),
+            Some(other) => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    async fn next_frame(&mut self, wait: Duration, skip_counts: bool) -> Option<Incoming> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -354,7 +401,7 @@ impl Client {
                 Some(Ok(Message::Text(t))) => {
                     let v = serde_json::from_str::<Value>(t.as_str())
                         .unwrap_or_else(|_| Value::String(t.as_str().to_string()));
-                    if ignored(&v) {
+                    if skip_counts && ignored(&v) {
                         continue;
                     }
                     Incoming::Json(v)
@@ -477,6 +524,38 @@ impl Client {
             self.key,
             pushi::auth::sign(&self.secret, msg.as_bytes())
         )
+    }
+
+    /// `<key>:<signature>` over `socket_id::user::user_data` for this socket.
+    pub(crate) fn signin_auth(&self, user_data: &str) -> String {
+        let msg = pushi::auth::user_string(&self.socket_id, user_data);
+        format!(
+            "{}:{}",
+            self.key,
+            pushi::auth::sign(&self.secret, msg.as_bytes())
+        )
+    }
+
+    /// Sends `pusher:signin` as pusher-js does.
+    pub(crate) async fn send_signin(&mut self, auth: &str, user_data: &str) {
+        self.send_json(&json!({"event": "pusher:signin",
+                               "data": {"auth": auth, "user_data": user_data}}))
+            .await;
+    }
+
+    /// Signs in with a valid signature and expects exactly
+    /// `{"event":"pusher:signin_success","data":"{\"user_data\":<user_data>}"}`.
+    pub(crate) async fn signin(&mut self, user_data: &str) {
+        let auth = self.signin_auth(user_data);
+        self.send_signin(&auth, user_data).await;
+        let v = self.recv_event("pusher:signin_success").await;
+        let obj = v.as_object().expect("frame is an object");
+        assert_eq!(obj.len(), 2, "signin_success has only event and data: {v}");
+        let data = v["data"]
+            .as_str()
+            .unwrap_or_else(|| panic!("signin_success data must be a JSON string: {v}"));
+        let data: Value = serde_json::from_str(data).expect("data is JSON text");
+        assert_eq!(data, json!({ "user_data": user_data }), "{v}");
     }
 
     /// Sends `pusher:subscribe` as pusher-js does.
