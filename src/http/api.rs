@@ -186,6 +186,13 @@ fn parse_event(ctx: &Context, obj: &Map<String, Value>, batch: bool) -> Result<E
         Some(Value::String(s)) => parse_info(s, &["user_count", "subscription_count"])?,
         Some(_) => return Err(ApiError::bad("'info' must be a comma-separated string")),
     };
+    if info.iter().any(|a| a == "user_count") {
+        if let Some(c) = channels.iter().find(|c| c.kind() != ChannelKind::Presence) {
+            return Err(ApiError::bad(format!(
+                "info=user_count is only available for presence channels, not {c}"
+            )));
+        }
+    }
     Ok(Event {
         name,
         data,

@@ -1,0 +1,60 @@
+// Connection parameters and fixture apps, read from the environment that
+// compat-tests/run exports.
+import crypto from 'node:crypto';
+
+function required(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set; run the suite through compat-tests/run`);
+  return v;
+}
+
+export const HOST = required('PUSHI_HOST');
+export const PORT = Number(required('PUSHI_PORT'));
+
+// PUSHI_FULL=1: the server runs fixtures/compat.toml, so apps 2-5 exist
+// with their documented settings.
+export const FULL = process.env.PUSHI_FULL === '1';
+// Features of the main app that --target mode cannot know about unless told.
+export const CLIENT_EVENTS = FULL || process.env.PUSHI_CLIENT_EVENTS === '1';
+export const SUBSCRIPTION_COUNT = FULL || process.env.PUSHI_SUBSCRIPTION_COUNT === '1';
+
+// Optional second server with a short activity timeout (default mode only).
+export const HEARTBEAT_PORT = process.env.PUSHI_HEARTBEAT_PORT ? Number(process.env.PUSHI_HEARTBEAT_PORT) : null;
+export const HEARTBEAT_PID = process.env.PUSHI_HEARTBEAT_PID ? Number(process.env.PUSHI_HEARTBEAT_PID) : null;
+export const HEARTBEAT_ACTIVITY = Number(process.env.PUSHI_HEARTBEAT_ACTIVITY_TIMEOUT || 2);
+export const HEARTBEAT_PONG = Number(process.env.PUSHI_HEARTBEAT_PONG_TIMEOUT || 2);
+
+export const MAIN = {
+  id: required('PUSHI_APP_ID'),
+  key: required('PUSHI_KEY'),
+  secret: required('PUSHI_SECRET'),
+};
+
+// Fixture apps from fixtures/compat.toml (only usable when FULL).
+export const SECOND = { id: '2', key: 'app-key-2', secret: 'app-secret-2' };
+export const DISABLED = { id: '3', key: 'disabled-key', secret: 'disabled-secret' };
+export const LIMITED = { id: '4', key: 'limited-key', secret: 'limited-secret' };
+export const QUIET = { id: '5', key: 'quiet-key', secret: 'quiet-secret' };
+
+// Values for the `skip` option of node:test.
+export const needFull = (what) => (FULL ? false : `needs ${what} (fixture config only; not available in --target mode)`);
+export const needClientEvents = CLIENT_EVENTS ? false : 'needs client events enabled on the target app (pass --client-events)';
+export const needSubscriptionCount = SUBSCRIPTION_COUNT
+  ? false
+  : 'needs subscription_count enabled on the target app (pass --subscription-count)';
+
+// A master key for end-to-end encrypted channels (known only to the SDKs).
+export const ENCRYPTION_MASTER_KEY_BASE64 = crypto.randomBytes(32).toString('base64');
+
+let counter = 0;
+// Unique channel names so that test files can run in parallel on one server.
+export function uniq(prefix) {
+  counter += 1;
+  return `${prefix}-${process.pid}-${counter}-${crypto.randomBytes(3).toString('hex')}`;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Bounded wait used by "nothing arrives" checks, always after a positive control.
+export const QUIET_MS = 400;
+export const WAIT_MS = 5000;
