@@ -35,9 +35,17 @@ export const SECOND = { id: '2', key: 'app-key-2', secret: 'app-secret-2' };
 export const DISABLED = { id: '3', key: 'disabled-key', secret: 'disabled-secret' };
 export const LIMITED = { id: '4', key: 'limited-key', secret: 'limited-secret' };
 export const QUIET = { id: '5', key: 'quiet-key', secret: 'quiet-secret' };
+// App 6: client events and subscription counts on, two webhooks (every type to
+// /all, channel_vacated only to /vacated) sent to 127.0.0.1:PUSHI_WEBHOOK_PORT.
+export const WEBHOOK_APP = { id: '6', key: 'webhook-key', secret: 'webhook-secret' };
+export const WEBHOOK_PORT = process.env.PUSHI_WEBHOOK_PORT ? Number(process.env.PUSHI_WEBHOOK_PORT) : null;
 
 // Values for the `skip` option of node:test.
 export const needFull = (what) => (FULL ? false : `needs ${what} (fixture config only; not available in --target mode)`);
+export const needWebhooks =
+  FULL && WEBHOOK_PORT
+    ? false
+    : 'needs the webhook fixture app 6 and PUSHI_WEBHOOK_PORT (set by compat-tests/run; not available in --target mode)';
 export const needClientEvents = CLIENT_EVENTS ? false : 'needs client events enabled on the target app (pass --client-events)';
 export const needSubscriptionCount = SUBSCRIPTION_COUNT
   ? false

@@ -2,7 +2,7 @@
 // channel name rules, delivery of HTTP-triggered events.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, SECOND, uniq, needFull, needSubscriptionCount } from '../lib/env.mjs';
+import { MAIN, SECOND, uniq, needFull, needSubscriptionCount, QUIET_MS, WAIT_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk } from '../lib/http.mjs';
 import { connectClient, subscribed, once } from '../lib/client.mjs';
@@ -220,6 +220,77 @@ test(
     assert.equal(channel.subscriptionCount, counts[counts.length - 1]);
   },
 );
+
+// Resolves when the channel's pusher:subscription_count reports n (bound before the change).
+function countReaches(channel, n, timeout = WAIT_MS) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      channel.unbind('pusher:subscription_count', handler);
+      reject(new Error(`subscription_count never reached ${n} (last ${channel.subscriptionCount})`));
+    }, timeout);
+    const handler = (d) => {
+      if (d.subscription_count !== n) return;
+      clearTimeout(timer);
+      channel.unbind('pusher:subscription_count', handler);
+      resolve();
+    };
+    channel.bind('pusher:subscription_count', handler);
+  });
+}
+
+for (const prefix of ['counted', 'private-counted']) {
+  test(
+    `subscription_count: pusher-js on ${prefix}-… sees 1, 2 on a join, 1 after an unsubscribe and after a disconnect`,
+    { skip: needSubscriptionCount },
+    async () => {
+      const name = uniq(prefix);
+      const first = await connectClient(MAIN);
+      const channel = first.subscribe(name);
+      const counts = [];
+      channel.bind('pusher:subscription_count', (d) => counts.push(d.subscription_count));
+      const one = countReaches(channel, 1);
+      await subscribed(first, name);
+      await one;
+
+      const two = countReaches(channel, 2);
+      const second = await connectClient(MAIN);
+      await subscribed(second, name);
+      await two;
+      const backToOne = countReaches(channel, 1);
+      second.unsubscribe(name);
+      await backToOne;
+
+      const twoAgain = countReaches(channel, 2);
+      const third = await connectClient(MAIN);
+      await subscribed(third, name);
+      await twoAgain;
+      const oneAgain = countReaches(channel, 1);
+      third.disconnect();
+      await oneAgain;
+
+      assert.deepEqual(counts, [1, 2, 1, 2, 1]);
+      assert.equal(channel.subscriptionCount, 1);
+    },
+  );
+}
+
+test('subscription_count: never sent on presence channels (pusher-js)', { skip: needSubscriptionCount }, async () => {
+  const name = uniq('presence-counted');
+  const a = await connectClient(MAIN, { presence: { user_id: 'a' } });
+  const { channel } = await subscribed(a, name);
+  const counts = [];
+  channel.bind('pusher:subscription_count', (d) => counts.push(d));
+  const added = once(channel, 'pusher:member_added');
+  const b = await connectClient(MAIN, { presence: { user_id: 'b' } });
+  await subscribed(b, name);
+  await added;
+  // Control: an HTTP event sent after the join arrives; no count came before it.
+  const control = once(channel, 'control');
+  await sdk.trigger(name, 'control', 'x');
+  await control;
+  await sleep(QUIET_MS);
+  assert.deepEqual(counts, []);
+});
 
 test(
   'subscription_count events are not sent for an app without the feature',
