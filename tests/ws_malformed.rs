@@ -5,32 +5,14 @@
 mod support;
 
 use serde_json::json;
-use support::{Client, TestServer};
-
-/// A connection `bad` subscribed to channel `ch`, and a witness subscribed to `ch` too.
-async fn pair(server: &TestServer) -> (Client, Client, String) {
-    let ch = support::unique("malformed-");
-    let bad = server.subscriber(&ch).await;
-    let witness = server.subscriber(&ch).await;
-    (bad, witness, ch)
-}
-
-/// After bad input: the socket answers ping, and both it and the witness get the next event
-/// (and nothing before it).
-async fn still_fine(server: &TestServer, bad: &mut Client, witness: &mut Client, ch: &str) {
-    bad.ping_pong().await;
-    let mut late = server.late_subscriber(ch).await;
-    server
-        .assert_delivers(ch, &mut [bad, witness, &mut late])
-        .await;
-}
+use support::TestServer;
 
 async fn rejected_text(text: &str) {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     bad.send_text(text).await;
     bad.expect_error(None).await;
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 #[tokio::test]
@@ -73,33 +55,33 @@ async fn subscribe_without_channel() {
 #[tokio::test]
 async fn several_bad_frames_in_a_row_each_get_an_error() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     for t in ["x", "{}", "[]", r#"{"event":"pusher:bogus"}"#] {
         bad.send_text(t).await;
     }
     for _ in 0..4 {
         bad.expect_error(None).await;
     }
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 #[tokio::test]
 async fn binary_frames() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     bad.send_binary(br#"{"event":"pusher:ping","data":{}}"#.to_vec())
         .await;
     bad.expect_error(None).await;
     bad.send_binary(vec![0, 159, 146, 150]).await;
     bad.expect_error(None).await;
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 #[tokio::test]
 async fn frame_at_the_transport_cap_is_read() {
     // 64 KiB is the cap (max(64 KiB, 4 x 10 KiB)); a frame just under it is parsed.
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     let filler = "x".repeat(60 * 1024);
     bad.send_json(&json!({"event": "pusher:ping", "data": {"pad": filler}}))
         .await;
@@ -107,13 +89,13 @@ async fn frame_at_the_transport_cap_is_read() {
         bad.recv_json().await,
         json!({"event": "pusher:pong", "data": "{}"})
     );
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 #[tokio::test]
 async fn frame_over_the_transport_cap_closes_1009() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     let filler = "x".repeat(64 * 1024 + 1);
     bad.send_json(&json!({"event": "pusher:ping", "data": {"pad": filler}}))
         .await;
@@ -147,7 +129,7 @@ async fn oversized_frame_sent_in_pieces_closes_1009() {
     };
     use tokio_tungstenite::tungstenite::Message;
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     let piece = vec![b'x'; 16 * 1024];
     let n = 5; // 80 KiB in total
     for i in 0..n {
@@ -171,7 +153,7 @@ async fn oversized_frame_sent_in_pieces_closes_1009() {
 async fn transport_cap_follows_the_payload_limit() {
     // With 20 KiB events the cap is 4 x 20 KiB = 80 KiB: 70 KiB passes, 81 KiB closes 1009.
     let server = TestServer::start_with("[limits]\nmax_event_payload_kb = 20\n").await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("malformed-").await;
     let pad = "x".repeat(70 * 1024);
     bad.send_json(&json!({"event": "pusher:ping", "data": {"pad": pad}}))
         .await;

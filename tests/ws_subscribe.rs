@@ -7,22 +7,6 @@ mod support;
 use serde_json::json;
 use support::{Client, TestServer};
 
-/// A socket `bad` and a witness, both subscribed to a fresh public channel.
-async fn pair(server: &TestServer) -> (Client, Client, String) {
-    let ch = support::unique("sub-");
-    let bad = server.subscriber(&ch).await;
-    let witness = server.subscriber(&ch).await;
-    (bad, witness, ch)
-}
-
-async fn still_fine(server: &TestServer, bad: &mut Client, witness: &mut Client, ch: &str) {
-    bad.ping_pong().await;
-    let mut late = server.late_subscriber(ch).await;
-    server
-        .assert_delivers(ch, &mut [bad, witness, &mut late])
-        .await;
-}
-
 #[tokio::test]
 async fn public_and_private_subscriptions_succeed() {
     let server = TestServer::start().await;
@@ -49,11 +33,11 @@ async fn longest_valid_name_and_full_charset_are_accepted() {
 #[tokio::test]
 async fn over_long_channel_name_is_refused() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("sub-").await;
     let name = "a".repeat(165);
     bad.send_subscribe(&name, "", None).await;
     bad.expect_subscription_error(&name, 400).await;
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
     // Not subscribed to it: nothing is delivered there (the API refuses the name too).
     let r = server
         .api()
@@ -69,7 +53,7 @@ async fn over_long_channel_name_is_refused() {
 #[tokio::test]
 async fn invalid_channel_names_are_refused() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("sub-").await;
     for name in [
         "has space",
         "#hash",
@@ -82,13 +66,13 @@ async fn invalid_channel_names_are_refused() {
         bad.send_subscribe(name, "", None).await;
         bad.expect_subscription_error(name, 400).await;
     }
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 #[tokio::test]
 async fn private_channel_with_bad_auth_is_refused_401() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("sub-").await;
     let chan = "private-secret";
     // No auth, empty auth, malformed, wrong key, wrong signature, signature for another socket.
     let other_socket = pushi::auth::sign(support::SECRET, format!("1.1:{chan}").as_bytes());
@@ -115,7 +99,7 @@ async fn private_channel_with_bad_auth_is_refused_401() {
             .await;
         bad.expect_subscription_error(chan, 401).await;
     }
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
     // The refused channel delivers nothing to `bad`.
     server.api().publish(chan, "e", "x").await;
     server.assert_delivers(&ch, &mut [&mut bad]).await;
@@ -124,7 +108,7 @@ async fn private_channel_with_bad_auth_is_refused_401() {
 #[tokio::test]
 async fn private_auth_from_another_app_is_refused() {
     let server = TestServer::start().await;
-    let (mut bad, mut witness, ch) = pair(&server).await;
+    let (mut bad, mut witness, ch) = server.bad_and_witness("sub-").await;
     let chan = "private-x";
     let sig = pushi::auth::sign(
         "app-secret-2",
@@ -133,7 +117,7 @@ async fn private_auth_from_another_app_is_refused() {
     bad.send_subscribe(chan, &format!("app-key-2:{sig}"), None)
         .await;
     bad.expect_subscription_error(chan, 401).await;
-    still_fine(&server, &mut bad, &mut witness, &ch).await;
+    server.still_fine(&mut bad, &mut witness, &ch).await;
 }
 
 /// A presence channel with one observer member, plus the bad socket and a witness.

@@ -246,6 +246,24 @@ impl TestServer {
         c
     }
 
+    /// A socket that will send bad input and a witness, both subscribed to a fresh public
+    /// channel named with `prefix`.
+    pub(crate) async fn bad_and_witness(&self, prefix: &str) -> (Client, Client, String) {
+        let ch = unique(prefix);
+        let bad = self.subscriber(&ch).await;
+        let witness = self.subscriber(&ch).await;
+        (bad, witness, ch)
+    }
+
+    /// After bad input: the socket answers ping, and it, the witness and a subscriber that
+    /// joins now all get the next event (and nothing before it).
+    pub(crate) async fn still_fine(&self, bad: &mut Client, witness: &mut Client, ch: &str) {
+        bad.ping_pong().await;
+        let mut late = self.late_subscriber(ch).await;
+        self.assert_delivers(ch, &mut [bad, witness, &mut late])
+            .await;
+    }
+
     /// A connection that subscribes to `channel` now (public or private-), for checking
     /// that the server still admits subscribers after bad input elsewhere.
     pub(crate) async fn late_subscriber(&self, channel: &str) -> Client {
@@ -451,14 +469,7 @@ impl Client {
     /// Reads a fatal error: `pusher:error` with `code` (data is an object), then close `code`.
     /// Returns the error message.
     pub(crate) async fn expect_fatal(&mut self, code: u16) -> String {
-        let v = self.recv_event("pusher:error").await;
-        assert!(
-            v["data"].is_object(),
-            "pusher:error data must be an object: {v}"
-        );
-        assert_eq!(v["data"]["code"], json!(code), "pusher:error code: {v}");
-        let msg = v["data"]["message"].as_str().unwrap_or("").to_string();
-        assert!(!msg.is_empty(), "pusher:error without message: {v}");
+        let msg = self.expect_error(Some(code)).await;
         assert_eq!(self.recv_close().await, Some(code), "close code");
         msg
     }
