@@ -21,6 +21,7 @@ use warp::{Filter, Reply};
 
 pub use error::ApiError;
 
+use crate::auth::RequestError;
 use crate::server::Context;
 
 /// All HTTP routes.
@@ -62,7 +63,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::path::full())
         .and(raw_query)
         .and(warp::body::stream())
-        .and(with_ctx)
+        .and(with_ctx.clone())
         .then(
             |app_id: String,
              tail: warp::path::Tail,
@@ -84,10 +85,54 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
                     query: &query,
                     body: &body,
                 };
-                match api::handle(&ctx, req).await {
-                    Ok(value) => warp::reply::json(&value).into_response(),
-                    Err(err) => err.into_response(),
-                }
+                respond(&ctx, req).await
+            },
+        );
+
+    // The Python server SDK (pusher 3.x) posts terminate_connections to
+    // `/users/{id}/terminate_connections`, without the `/apps/{app_id}` prefix; the app is
+    // the one whose key signed the request.
+    let terminate_unprefixed = warp::path!("users" / String / "terminate_connections")
+        .and(warp::path::full())
+        .and(warp::method())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::body::stream())
+        .and(with_ctx.clone())
+        .then(
+            |user: String,
+             full: warp::path::FullPath,
+             method: Method,
+             query: String,
+             body,
+             ctx: Context| async move {
+                let body = match read_body(body, body_limit(&ctx)).await {
+                    Ok(body) => body,
+                    Err(err) => return err.into_response(),
+                };
+                let key = form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "auth_key")
+                    .map(|(_, v)| v.into_owned());
+                let found = match &key {
+                    Some(key) => ctx.apps.find_by_key(key).await,
+                    None => None,
+                };
+                let Some(app) = found else {
+                    let err = match key {
+                        Some(key) => RequestError::WrongKey(key),
+                        None => RequestError::Missing("auth_key"),
+                    };
+                    return ApiError::Auth(err).into_response();
+                };
+                let tail = format!("users/{user}/terminate_connections");
+                let req = api::Request {
+                    app_id: &app.id,
+                    tail: &tail,
+                    method: &method,
+                    path: full.as_str(),
+                    query: &query,
+                    body: &body,
+                };
+                respond(&ctx, req).await
             },
         );
 
@@ -97,8 +142,18 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .unify()
         .or(api)
         .unify()
+        .or(terminate_unprefixed)
+        .unify()
         .recover(error::recover)
         .unify()
+}
+
+/// Runs one API request and turns its outcome into a JSON response.
+async fn respond(ctx: &Context, req: api::Request<'_>) -> Response {
+    match api::handle(ctx, req).await {
+        Ok(value) => warp::reply::json(&value).into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 /// Largest request body: a full batch of maximum-size events plus their envelopes.
