@@ -102,7 +102,12 @@ impl Batcher {
                     },
                     started: now,
                 });
-            batch.delivery.events.push(event.to_json());
+            let json = event.to_json();
+            // Pusher de-duplicates cache_miss when many clients find a cache empty at once.
+            if matches!(event, Event::CacheMiss { .. }) && batch.delivery.events.contains(&json) {
+                continue;
+            }
+            batch.delivery.events.push(json);
             if batch.delivery.events.len() >= BATCH_MAX {
                 if let Some(b) = self.batches.remove(&(app.id.clone(), i)) {
                     full.push(b.delivery);
@@ -267,6 +272,20 @@ mod tests {
         let out = b.flush_all(t0);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].events[0]["channel"], "x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cache_misses_are_deduplicated_within_a_batch() {
+        let mut b = Batcher::default();
+        let a = app(&[]);
+        let t0 = Instant::now();
+        let miss = |c: &str| Event::CacheMiss { channel: c.into() };
+        for _ in 0..5 {
+            b.push(a.clone(), miss("cache-x"), t0);
+        }
+        b.push(a.clone(), miss("cache-y"), t0);
+        let out = b.due(t0 + BATCH_WINDOW);
+        assert_eq!(out[0].events.len(), 2);
     }
 
     #[test]
