@@ -320,15 +320,24 @@ pub fn subscription_succeeded(channel: &str, data: &str) -> String {
 
 /// The `data` of a presence `subscription_succeeded`: `{"presence":{"ids","hash","count"}}`.
 pub fn presence_data<'a>(members: impl Iterator<Item = (&'a str, &'a RawValue)>) -> String {
-    let mut ids = Vec::new();
-    let mut hash = serde_json::Map::new();
-    for (id, info) in members {
-        ids.push(id);
-        let info: Value = serde_json::from_str(info.get()).unwrap_or(Value::Null);
-        hash.insert(id.to_string(), info);
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        ids: Vec<&'a str>,
+        // Each member's user_info is written as received: no re-parsing per subscription.
+        hash: std::collections::BTreeMap<&'a str, &'a RawValue>,
+        count: usize,
     }
-    let count = ids.len();
-    serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": count}}).to_string()
+    let hash: std::collections::BTreeMap<&str, &RawValue> = members.collect();
+    let presence = Presence {
+        ids: hash.keys().copied().collect(),
+        count: hash.len(),
+        hash,
+    };
+    #[derive(Serialize)]
+    struct Data<'a> {
+        presence: Presence<'a>,
+    }
+    serde_json::to_string(&Data { presence }).expect("serializes")
 }
 
 /// `pusher_internal:member_added`

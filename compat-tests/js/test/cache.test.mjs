@@ -15,14 +15,18 @@ const sdk = serverSdk(MAIN);
 
 // Subscribes with every channel event recorded from the start (names in order,
 // subscription counts left out: they are not part of the cache behaviour).
-async function cacheSubscriber(name) {
+// With `until`, also waits for that event (the cache_miss or the replay), which follows
+// subscription_succeeded as a separate message, so subscribed() may resolve first.
+async function cacheSubscriber(name, { until } = {}) {
   const client = await connectClient(MAIN);
   const channel = client.subscribe(name);
   const seen = [];
   channel.bind_global((event, data) => {
     if (event !== 'pusher:subscription_count') seen.push({ event, data });
   });
+  const next = until ? once(channel, until) : null;
   await subscribed(client, name);
+  if (next) await next;
   return { client, channel, seen };
 }
 
@@ -61,7 +65,7 @@ test('raw: pusher:cache_miss is the frame right after subscription_succeeded', a
 
 test('pusher-js: a new subscriber gets the last HTTP-published event instead of a cache miss', async () => {
   const name = uniq('cache-last');
-  const first = await cacheSubscriber(name);
+  const first = await cacheSubscriber(name, { until: 'pusher:cache_miss' });
   assert.deepEqual(first.seen.map((s) => s.event), ['pusher:subscription_succeeded', 'pusher:cache_miss']);
 
   const e1 = once(first.channel, 'update');
@@ -130,7 +134,7 @@ test('GET /channels/{cache-…}?info=cache: null when empty, then the last data 
   assert.ok(body.cache.ttl > 0 && body.cache.ttl <= 1800, `ttl ${body.cache.ttl}`);
 
   // With a subscriber: occupied, and the subscriber got the replay.
-  const late = await cacheSubscriber(name);
+  const late = await cacheSubscriber(name, { until: 'second' });
   assert.ok(late.channel.subscribed);
   const occupied = await jsonOf(await sdk.get({ path: `/channels/${name}`, params: { info: 'cache' } }));
   assert.equal(occupied.occupied, true);
