@@ -331,9 +331,7 @@ async fn channels(
         if !name.starts_with(prefix) {
             continue;
         }
-        let kind = ChannelName::parse(&name)
-            .map(|n| n.kind())
-            .unwrap_or(ChannelKind::Public);
+        let kind = ChannelKind::of(&name);
         out.insert(name, Value::Object(attributes(kind, stats, &info)));
     }
     Ok(json!({ "channels": out }))

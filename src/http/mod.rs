@@ -95,7 +95,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
     let terminate_unprefixed = warp::path!("users" / String / "terminate_connections")
         .and(warp::path::full())
         .and(warp::method())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(raw_query)
         .and(warp::body::stream())
         .and(with_ctx.clone())
         .then(

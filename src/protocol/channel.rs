@@ -24,6 +24,22 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
+    /// The kind a name's prefix gives, without validating the rest of the name (for names
+    /// already validated, such as those in the registry).
+    pub fn of(name: &str) -> ChannelKind {
+        if name.starts_with("private-encrypted-") {
+            ChannelKind::PrivateEncrypted
+        } else if name.starts_with("private-") {
+            ChannelKind::Private
+        } else if name.starts_with("presence-") {
+            ChannelKind::Presence
+        } else if name.starts_with(SERVER_TO_USER_PREFIX) {
+            ChannelKind::ServerToUser
+        } else {
+            ChannelKind::Public
+        }
+    }
+
     /// Private, encrypted and presence channels need a signature to subscribe.
     pub fn needs_auth(self) -> bool {
         matches!(
@@ -74,18 +90,7 @@ impl ChannelName {
 
     /// The kind the prefix gives.
     pub fn kind(&self) -> ChannelKind {
-        let n = self.0.as_str();
-        if n.starts_with("private-encrypted-") {
-            ChannelKind::PrivateEncrypted
-        } else if n.starts_with("private-") {
-            ChannelKind::Private
-        } else if n.starts_with("presence-") {
-            ChannelKind::Presence
-        } else if n.starts_with(SERVER_TO_USER_PREFIX) {
-            ChannelKind::ServerToUser
-        } else {
-            ChannelKind::Public
-        }
+        ChannelKind::of(&self.0)
     }
 
     /// Cache channels (`cache-`, `private-cache-`, `presence-cache-`,

@@ -429,8 +429,11 @@ where
                 .error(None, "Client events are not enabled for this app")
                 .await;
         }
-        let kind = ChannelName::parse(&channel).map(|n| n.kind());
-        if !matches!(kind, Ok(ChannelKind::Private | ChannelKind::Presence)) {
+        // A name that is not subscribed is refused below either way; only the prefix matters.
+        if !matches!(
+            ChannelKind::of(&channel),
+            ChannelKind::Private | ChannelKind::Presence
+        ) {
             let msg =
                 format!("Client event rejected: {channel:?} is not a private or presence channel");
             return self.error(None, &msg).await;
@@ -575,10 +578,7 @@ where
 
     /// Leaves one channel in the registry and reports the change.
     fn leave(&self, channel: &str) {
-        let kind = ChannelName::parse(channel)
-            .map(|n| n.kind())
-            .unwrap_or(ChannelKind::Public);
-        let count = self.counts(kind);
+        let count = self.counts(ChannelKind::of(channel));
         let change =
             self.ctx
                 .registry
