@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{AppConfig, WebhookConfig};
+use crate::origin::OriginPattern;
 
 /// One Pusher app, as the rest of the server sees it.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct App {
     pub max_client_events_per_second: u32,
     /// Webhook targets.
     pub webhooks: Vec<WebhookConfig>,
+    /// Browser origins allowed to connect; empty = any.
+    pub allowed_origins: Vec<OriginPattern>,
 }
 
 impl From<&AppConfig> for App {
@@ -48,6 +51,12 @@ impl From<&AppConfig> for App {
             max_connections: c.max_connections,
             max_client_events_per_second: c.max_client_events_per_second,
             webhooks: c.webhooks.clone(),
+            // The config was validated, so every pattern parses.
+            allowed_origins: c
+                .allowed_origins
+                .iter()
+                .filter_map(|p| OriginPattern::parse(p).ok())
+                .collect(),
         }
     }
 }

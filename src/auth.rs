@@ -168,16 +168,26 @@ pub fn verify_request(
     secret: &str,
     now: i64,
 ) -> Result<Vec<(String, String)>, RequestError> {
-    let params: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
+    let params = verify_request_head(req.method, req.path, req.query, app_key, secret, now)?;
+    verify_body_md5(&params, req.body)?;
+    Ok(params)
+}
+
+/// Everything that can be checked before the body is read: key, version, timestamp and the
+/// signature over method, path and query. The query carries `body_md5`, so a request that
+/// passes has a signed promise of its body. Returns the decoded query parameters.
+pub fn verify_request_head(
+    method: &str,
+    path: &str,
+    query: &str,
+    app_key: &str,
+    secret: &str,
+    now: i64,
+) -> Result<Vec<(String, String)>, RequestError> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-
+    let get = |name: &str| param(&params, name);
     let key = get("auth_key").ok_or(RequestError::Missing("auth_key"))?;
     let timestamp = get("auth_timestamp").ok_or(RequestError::Missing("auth_timestamp"))?;
     let version = get("auth_version").ok_or(RequestError::Missing("auth_version"))?;
@@ -191,20 +201,11 @@ pub fn verify_request(
     let given: i64 = timestamp
         .parse()
         .map_err(|_| RequestError::BadTimestamp(timestamp.to_string()))?;
-    if (given - now).abs() >= TIMESTAMP_WINDOW {
+    // abs_diff: `given - now` overflows for timestamps near i64::MIN.
+    if given.abs_diff(now) >= TIMESTAMP_WINDOW.unsigned_abs() {
         return Err(RequestError::Expired { given, now });
     }
-    let body_md5 = get("body_md5");
-    if !req.body.is_empty() || body_md5.is_some() {
-        let expected = md5_hex(req.body);
-        if body_md5 != Some(expected.as_str()) {
-            return Err(RequestError::BodyMd5 {
-                expected,
-                got: body_md5.map(str::to_string),
-            });
-        }
-    }
-    let to_sign = request_string(req.method, req.path, &params);
+    let to_sign = request_string(method, path, &params);
     if !verify(secret, to_sign.as_bytes(), signature) {
         return Err(RequestError::Signature {
             to_sign,
@@ -212,6 +213,30 @@ pub fn verify_request(
         });
     }
     Ok(params)
+}
+
+/// The body check that follows [`verify_request_head`]: a non-empty body (or a request
+/// that names one) must match the signed `body_md5`.
+pub fn verify_body_md5(params: &[(String, String)], body: &[u8]) -> Result<(), RequestError> {
+    let body_md5 = param(params, "body_md5");
+    if !body.is_empty() || body_md5.is_some() {
+        let expected = md5_hex(body);
+        if body_md5 != Some(expected.as_str()) {
+            return Err(RequestError::BodyMd5 {
+                expected,
+                got: body_md5.map(str::to_string),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first value of query parameter `name`.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// `X-Pusher-Signature` of a webhook body.
@@ -316,6 +341,20 @@ mod tests {
                     Err(RequestError::BodyMd5 { .. })
                 ));
             }
+        }
+    }
+
+    #[test]
+    fn timestamps_far_from_now_never_overflow() {
+        let now = 1_700_000_000;
+        for given in [i64::MIN, i64::MIN + now, i64::MAX, -now] {
+            let query =
+                format!("auth_key=k&auth_timestamp={given}&auth_version=1.0&auth_signature=00");
+            let got = verify_request_head("GET", "/x", &query, "k", "s", now);
+            assert!(
+                matches!(got, Err(RequestError::Expired { .. })),
+                "{given}: {got:?}"
+            );
         }
     }
 

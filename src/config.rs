@@ -36,6 +36,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Pusher's documented limits.
     pub limits: LimitsConfig,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsConfig,
     /// The apps served by the static app store.
     pub apps: Vec<AppConfig>,
 }
@@ -61,6 +63,19 @@ pub struct ServerConfig {
     /// Seconds a connection of an `authorized_connections` app has to sign in (or subscribe
     /// to a private channel) before it is closed with 4009.
     pub authorization_timeout: u64,
+    /// Seconds an HTTP connection has to send a complete request head, counted from the
+    /// connect or from the end of the previous response (so it is also the keep-alive idle
+    /// timeout). Slow and idle connections are closed after it.
+    pub http_header_timeout: u64,
+    /// Seconds an HTTP API request has to send its whole body (408 after it).
+    pub http_body_timeout: u64,
+    /// Most connections that have not yet completed a first request or upgrade; past it the
+    /// oldest of them is closed, so idle connects cannot exhaust file descriptors.
+    pub max_pending_connections: usize,
+    /// Largest request head (request line and headers), in KiB (431 above it).
+    pub max_request_head_kb: usize,
+    /// Seconds a WebSocket may accept no bytes while frames wait for it before it is closed.
+    pub write_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +88,11 @@ impl Default for ServerConfig {
             max_queued_messages: 512,
             shutdown_timeout: 10,
             authorization_timeout: 30,
+            http_header_timeout: 15,
+            http_body_timeout: 15,
+            max_pending_connections: 1024,
+            max_request_head_kb: 16,
+            write_timeout: 30,
         }
     }
 }
@@ -93,6 +113,12 @@ pub struct LimitsConfig {
     pub max_presence_user_info_kb: usize,
     /// Seconds a cache channel keeps its last event (Pusher: up to 30 minutes).
     pub cache_ttl: u64,
+    /// Most channels one connection may be subscribed to at once (4300 above it).
+    pub max_channels_per_connection: usize,
+    /// Sustained `pusher:subscribe` requests per second per connection (4301 above it). A
+    /// connection may burst up to `max_channels_per_connection` at once, so a reconnecting
+    /// client can resubscribe all its channels.
+    pub max_subscribes_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -104,6 +130,31 @@ impl Default for LimitsConfig {
             max_presence_members: 100,
             max_presence_user_info_kb: 1,
             cache_ttl: 1800,
+            max_channels_per_connection: 1000,
+            max_subscribes_per_second: 100,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint, on its own listener so that it is not exposed with
+/// the public port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0 picks a free one, which the log then names).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            port: 9601,
         }
     }
 }
@@ -139,6 +190,10 @@ pub struct AppConfig {
     /// Webhook targets.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// Browser origins allowed to connect (`https://app.example.com`, `*.example.com`,
+    /// `example.com:8080`, `*`); empty = any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -165,6 +220,7 @@ impl fmt::Debug for AppConfig {
                 &self.max_client_events_per_second,
             )
             .field("webhooks", &self.webhooks)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
@@ -215,9 +271,61 @@ pub fn from_toml(text: &str) -> Result<Config, Error> {
 }
 
 fn extract(figment: Figment) -> Result<Config, Error> {
-    let config: Config = figment.extract().map_err(Box::new)?;
+    let config: Config = figment.extract().map_err(|e| Box::new(redact_secrets(e)))?;
     config.validate()?;
     Ok(config)
+}
+
+/// Keys whose values are never printed, not even in an error about their own value.
+const SECRET_KEYS: &[&str] = &["secret"];
+
+/// figment's errors quote the offending value ("found unsigned int `12345`"); for a secret
+/// key that value is the secret, so it is dropped from the message. TOML syntax errors quote
+/// the source line, so a secret key's line is cut after its `=`.
+fn redact_secrets(err: figment::Error) -> figment::Error {
+    use figment::error::Kind;
+    let mut out: Option<figment::Error> = None;
+    let errors: Vec<figment::Error> = err.into_iter().collect();
+    // `into_iter` yields the newest first; chain them back oldest first to keep the order.
+    for mut e in errors.into_iter().rev() {
+        let secret = e
+            .path
+            .last()
+            .is_some_and(|k| SECRET_KEYS.contains(&k.as_str()));
+        e.kind = match e.kind {
+            Kind::InvalidType(_, expected) if secret => Kind::Message(format!(
+                "invalid type (value not shown), expected {expected}"
+            )),
+            Kind::InvalidValue(_, expected) if secret => {
+                Kind::Message(format!("invalid value (not shown), expected {expected}"))
+            }
+            Kind::Message(msg) => Kind::Message(redact_lines(&msg)),
+            other => other,
+        };
+        out = Some(match out {
+            None => e,
+            Some(prev) => prev.chain(e),
+        });
+    }
+    out.unwrap_or_else(|| figment::Error::from("invalid configuration"))
+}
+
+/// Cuts `secret = ...` source lines quoted in a message after the `=`.
+fn redact_lines(msg: &str) -> String {
+    msg.lines()
+        .map(|line| {
+            let is_secret = line.split_once('=').is_some_and(|(k, _)| {
+                // Quoted source lines look like `4 | secret = "..."`.
+                let key = k.rsplit('|').next().unwrap_or(k).trim();
+                SECRET_KEYS.contains(&key)
+            });
+            match line.split_once('=') {
+                Some((k, _)) if is_secret => format!("{k}= <redacted>"),
+                _ => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Config {
@@ -231,8 +339,30 @@ impl Config {
         if s.pong_timeout == 0 {
             problems.push("server.pong_timeout: must be at least 1 second".to_string());
         }
-        if s.max_queued_messages == 0 {
-            problems.push("server.max_queued_messages: must be at least 1".to_string());
+        for (name, value) in [
+            ("server.max_queued_messages", s.max_queued_messages as u64),
+            ("server.http_header_timeout", s.http_header_timeout),
+            ("server.http_body_timeout", s.http_body_timeout),
+            (
+                "server.max_pending_connections",
+                s.max_pending_connections as u64,
+            ),
+            ("server.write_timeout", s.write_timeout),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        // hyper needs room for at least one 8 KiB read.
+        if !(8..=1024).contains(&s.max_request_head_kb) {
+            problems.push("server.max_request_head_kb: must be between 8 and 1024".to_string());
+        }
+        let m = &self.metrics;
+        if m.enabled && m.port != 0 && m.port == s.port && m.host == s.host {
+            problems.push(
+                "metrics.port: must differ from server.port (metrics have their own listener)"
+                    .to_string(),
+            );
         }
         let l = &self.limits;
         for (name, value) in [
@@ -243,6 +373,14 @@ impl Config {
             (
                 "limits.max_presence_user_info_kb",
                 l.max_presence_user_info_kb,
+            ),
+            (
+                "limits.max_channels_per_connection",
+                l.max_channels_per_connection,
+            ),
+            (
+                "limits.max_subscribes_per_second",
+                l.max_subscribes_per_second as usize,
             ),
         ] {
             if value == 0 {
@@ -267,6 +405,11 @@ impl Config {
             }
             if !keys.insert(app.key.as_str()) {
                 problems.push(format!("apps[{i}].key: duplicate app key {:?}", app.key));
+            }
+            for (j, pattern) in app.allowed_origins.iter().enumerate() {
+                if let Err(why) = crate::origin::OriginPattern::parse(pattern) {
+                    problems.push(format!("apps[{i}].allowed_origins[{j}]: {why}"));
+                }
             }
             for (j, hook) in app.webhooks.iter().enumerate() {
                 if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
@@ -359,6 +502,24 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = load(Some(Path::new("/nonexistent/pushi.toml"))).unwrap_err();
         assert!(matches!(err, Error::Missing(_)));
+    }
+
+    #[test]
+    fn errors_never_print_a_secret() {
+        let err = from_toml("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=987654321\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret"), "{err}");
+        assert!(!err.contains("987654321"), "{err}");
+        let err = from_toml("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"hunter2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        // Other values are still quoted, so the error stays useful.
+        let err = from_toml("[server]\nport = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"x\""), "{err}");
     }
 
     #[test]

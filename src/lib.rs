@@ -9,6 +9,7 @@
 //! - [`protocol`]: Pusher wire types and rules; no I/O.
 //! - [`auth`]: channel, user, API-request and webhook signatures.
 //! - [`apps`]: the `App` record and the `AppStore` seam.
+//! - [`origin`]: `allowed_origins` patterns and the handshake's `Origin` check.
 //! - [`registry`]: this node's connections, channels and presence members.
 //! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
 //! - [`session`]: one task per WebSocket connection.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod origin;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -50,13 +50,29 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|a| format!("id={} key={}", a.id, a.key))
         .collect();
-    let server = pushi::Server::bind(config)
-        .await
-        .context("could not bind the listener")?;
+    // Every connection is a file descriptor: use all the hard limit allows (as Go and most
+    // servers do), and say when the pending-connection bound cannot protect it.
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    let pending = config.server.max_pending_connections as u64;
+    if fds > 0 && pending >= fds / 2 {
+        tracing::warn!(
+            fds,
+            max_pending_connections = pending,
+            "server.max_pending_connections is not well below the file-descriptor limit \
+             (ulimit -n): idle connects could still exhaust descriptors"
+        );
+    }
+    let server = pushi::Server::bind(config).await?;
+    let metrics = server
+        .metrics_addr()
+        .map(|a| format!("http://{a}/metrics"))
+        .unwrap_or_else(|| "off".into());
     tracing::info!(
         config = %source,
         addr = %server.local_addr(),
         apps = %apps.join(", "),
+        metrics = %metrics,
+        fds,
         "pushi listening: WebSocket at ws://{}/app/{{key}}, HTTP API at http://{}/apps/{{app_id}}/",
         server.local_addr(),
         server.local_addr()

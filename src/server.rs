@@ -1,24 +1,31 @@
 //! The server: shared [`Context`], the listener, and the ordered shutdown.
 //!
 //! Owns: binding, accepting, routing a connection to the WebSocket session or the warp API,
-//! task tracking and cancellation. Must not touch: protocol or Pusher rules.
+//! HTTP connection limits (head timeout and size, pending connections), the metrics
+//! listener, task tracking and cancellation. Must not touch: protocol or Pusher rules.
 //!
-//! Shutdown order: stop accepting; cancel the token, so every session sends 4200 and every
-//! HTTP connection finishes its request; wait for all tracked tasks, at most
-//! `server.shutdown_timeout` seconds.
+//! Shutdown order: stop accepting; cancel the token, so every session sends 4200, idle and
+//! half-received HTTP connections close at once and the others finish their request; wait
+//! for all tracked tasks, at most `server.shutdown_timeout` seconds.
+//!
+//! Pending connections (accepted, no complete request head yet) are bounded by
+//! `server.max_pending_connections`: past it the oldest is closed. Without that bound, idle
+//! connects could hold every file descriptor until `server.http_header_timeout`, locking
+//! legitimate clients out.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,16 +95,43 @@ impl Context {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     ctx: Context,
 }
 
+/// Why the server could not bind.
+#[derive(Debug, thiserror::Error)]
+#[error("could not bind {key} {addr}: {source}")]
+pub struct BindError {
+    /// The config keys that name the address.
+    pub key: &'static str,
+    /// The address.
+    pub addr: String,
+    /// The system's reason.
+    pub source: std::io::Error,
+}
+
+async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| BindError { key, addr, source })
+}
+
 impl Server {
-    /// Binds `server.host:server.port` (port 0 picks a free one).
-    pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let addr = format!("{}:{}", config.server.host, config.server.port);
-        let listener = TcpListener::bind(&addr).await?;
+    /// Binds `server.host:server.port` and, when enabled, `metrics.host:metrics.port`
+    /// (port 0 picks a free one).
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
+        let s = &config.server;
+        let listener = bind_one("server.host:server.port", &s.host, s.port).await?;
+        let m = &config.metrics;
+        let metrics = match m.enabled {
+            true => Some(bind_one("metrics.host:metrics.port", &m.host, m.port).await?),
+            false => None,
+        };
         Ok(Server {
             listener,
+            metrics,
             ctx: Context::new(config),
         })
     }
@@ -109,6 +143,11 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared context (tests inspect the registry through it).
     pub fn context(&self) -> &Context {
         &self.ctx
@@ -116,8 +155,19 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down in order.
     pub async fn run(self, signal: impl Future<Output = ()>) {
-        let Server { listener, ctx } = self;
+        let Server {
+            listener,
+            metrics,
+            ctx,
+        } = self;
+        if let Some(metrics) = metrics {
+            let routes = crate::http::metrics_routes(ctx.clone());
+            ctx.tracker
+                .spawn(serve_metrics(metrics, warp::service(routes), ctx.clone()));
+        }
         let api = warp::service(crate::http::routes(ctx.clone()));
+        let pending = Pending::new(ctx.config.server.max_pending_connections);
+        let http = http_builder(&ctx);
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -141,9 +191,12 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let conn_ctx = ctx.clone();
             let api = api.clone();
+            let (evicted, started) = pending.admit();
+            let first = started.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let ctx = conn_ctx.clone();
                 let mut api = api.clone();
+                first.complete();
                 async move {
                     // Every WebSocket upgrade goes to the session, which refuses paths other
                     // than /app/{key} with 4005 as Pusher does.
@@ -155,18 +208,23 @@ impl Server {
                 }
             });
             let token = ctx.shutdown.clone();
+            let conn = http
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             ctx.tracker.spawn(async move {
-                let conn = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
+                    // Too many pending connections: this one was the oldest.
+                    _ = evicted.cancelled() => {}
                     _ = token.cancelled() => {
+                        // Idle and half-received connections close at once; a request
+                        // being answered finishes first.
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
                 }
+                drop(started);
             });
         }
         drop(listener);
@@ -184,6 +242,139 @@ impl Server {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+/// The HTTP/1 settings every connection gets: the head timeout (which hyper also applies
+/// between keep-alive requests) and the largest request head.
+fn http_builder(ctx: &Context) -> http1::Builder {
+    let s = &ctx.config.server;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(s.http_header_timeout))
+        .max_buf_size(s.max_request_head_kb * 1024);
+    http
+}
+
+/// Serves `/metrics` on its own listener until shutdown.
+async fn serve_metrics<S>(listener: TcpListener, svc: S, ctx: Context)
+where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let http = http_builder(&ctx);
+    loop {
+        let stream = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = svc.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let mut svc = svc.clone();
+            async move { svc.call(req).await }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let token = ctx.shutdown.clone();
+        ctx.tracker.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Connections accepted that have not completed a first request head yet, oldest first.
+#[derive(Debug, Clone)]
+struct Pending {
+    inner: Arc<PendingInner>,
+}
+
+#[derive(Debug)]
+struct PendingInner {
+    max: usize,
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// One pending connection's place in [`Pending`]; leaves it on its first request or on drop.
+#[derive(Debug)]
+struct PendingGuard {
+    id: u64,
+    done: AtomicBool,
+    pending: Pending,
+}
+
+impl Pending {
+    fn new(max: usize) -> Pending {
+        Pending {
+            inner: Arc::new(PendingInner {
+                max,
+                next: AtomicU64::new(0),
+                open: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Registers a new connection; returns the token cancelled if it is evicted, and its
+    /// guard. When over the bound, the oldest pending connection is evicted.
+    fn admit(&self) -> (CancellationToken, Arc<PendingGuard>) {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let evict = {
+            let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.insert(id, token.clone());
+            if open.len() > self.inner.max {
+                open.pop_first().map(|(_, t)| t)
+            } else {
+                None
+            }
+        };
+        if let Some(oldest) = evict {
+            tracing::debug!("too many pending connections: closing the oldest");
+            oldest.cancel();
+        }
+        let guard = PendingGuard {
+            id,
+            done: AtomicBool::new(false),
+            pending: self.clone(),
+        };
+        (token, Arc::new(guard))
+    }
+}
+
+impl PendingGuard {
+    /// The connection sent a complete request head: it is no longer pending.
+    fn complete(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            let mut open = self
+                .pending
+                .inner
+                .open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            open.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.complete();
     }
 }
 

@@ -1,7 +1,9 @@
-//! The Pusher HTTP API endpoints (PUSHER-SPEC 2.2), one function each, behind [`handle`],
-//! which finds the app and checks the request signature first.
+//! The Pusher HTTP API endpoints (PUSHER-SPEC 2.2), one function each. [`authorize`] checks
+//! the head (signature, app, route) before the body is read; [`Authorized::handle`] checks
+//! the body against its signed MD5 and runs the endpoint.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
@@ -9,22 +11,21 @@ use warp::http::Method;
 
 use super::ApiError;
 use crate::apps::App;
-use crate::auth::{self, SignedRequest};
+use crate::auth;
+use crate::config::LimitsConfig;
 use crate::protocol::{message, ChannelKind, ChannelName, SocketId, MAX_EVENT_NAME_LEN};
 use crate::registry::{ChannelStats, Frame};
 use crate::server::Context;
 
-/// A request as received, before any check.
+/// A request head as received, before any check (all of it is signed).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Request<'a> {
-    pub(super) app_id: &'a str,
+pub(super) struct Head<'a> {
     /// Path after `/apps/{app_id}/`.
     pub(super) tail: &'a str,
     pub(super) method: &'a Method,
     /// Full path as sent (signed).
     pub(super) path: &'a str,
     pub(super) query: &'a str,
-    pub(super) body: &'a [u8],
 }
 
 fn now_unix() -> i64 {
@@ -34,30 +35,41 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Finds the app, verifies the signature, then runs the endpoint.
-pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, ApiError> {
-    let app = ctx
-        .apps
-        .find_by_id(req.app_id)
-        .await
-        .ok_or_else(|| ApiError::AppNotFound(req.app_id.to_string()))?;
-    let signed = SignedRequest {
-        method: req.method.as_str(),
-        path: req.path,
-        query: req.query,
-        body: req.body,
-    };
-    let params = auth::verify_request(signed, &app.key, &app.secret, now_unix())?;
+/// What a request asks for, known from its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Events,
+    BatchEvents,
+    Channels,
+    Channel(String),
+    Users(String),
+    Terminate(String),
+}
+
+/// A request whose head passed every check; its body is still unread.
+#[derive(Debug)]
+pub(super) struct Authorized {
+    app: Arc<App>,
+    params: Vec<(String, String)>,
+    route: Route,
+}
+
+/// Checks everything the head can prove (signature over the query, which covers
+/// `body_md5`; app enabled; a known route) before any body byte is read, so a client without
+/// credentials never makes the server buffer a body.
+pub(super) fn authorize(app: Arc<App>, head: Head<'_>) -> Result<Authorized, ApiError> {
+    let params = auth::verify_request_head(
+        head.method.as_str(),
+        head.path,
+        head.query,
+        &app.key,
+        &app.secret,
+        now_unix(),
+    )?;
     if !app.enabled {
         return Err(ApiError::AppDisabled);
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let segments: Vec<String> = req
+    let segments: Vec<String> = head
         .tail
         .split('/')
         .map(|s| {
@@ -67,25 +79,61 @@ pub(super) async fn handle(ctx: &Context, req: Request<'_>) -> Result<Value, Api
         })
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let get = req.method == Method::GET;
-    let post = req.method == Method::POST;
-    match segments.as_slice() {
-        ["events"] if post => events(ctx, &app, req.body).await,
-        ["batch_events"] if post => batch_events(ctx, &app, req.body).await,
-        ["channels"] if get => channels(ctx, &app, param("filter_by_prefix"), param("info")).await,
-        ["channels", channel] if get => channel_info(ctx, &app, channel, param("info")).await,
-        ["channels", channel, "users"] if get => users(ctx, &app, channel).await,
-        ["users", user, "terminate_connections"] if post => {
-            ctx.adapter.terminate_user(&app.id, user).await;
-            Ok(json!({}))
-        }
+    let get = head.method == Method::GET;
+    let post = head.method == Method::POST;
+    let route = match segments.as_slice() {
+        ["events"] if post => Route::Events,
+        ["batch_events"] if post => Route::BatchEvents,
+        ["channels"] if get => Route::Channels,
+        ["channels", channel] if get => Route::Channel(channel.to_string()),
+        ["channels", channel, "users"] if get => Route::Users(channel.to_string()),
+        ["users", user, "terminate_connections"] if post => Route::Terminate(user.to_string()),
         ["events"]
         | ["batch_events"]
         | ["channels"]
         | ["channels", _]
         | ["channels", _, "users"]
-        | ["users", _, "terminate_connections"] => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound(req.path.to_string())),
+        | ["users", _, "terminate_connections"] => return Err(ApiError::MethodNotAllowed),
+        _ => return Err(ApiError::NotFound(head.path.to_string())),
+    };
+    Ok(Authorized { app, params, route })
+}
+
+impl Authorized {
+    /// The largest body a valid request to this route can have: 0 when the head signs no
+    /// `body_md5` (a body would fail the check anyway), else room for the events the limits
+    /// allow, each with data escaped at the worst case of JSON (`\u00XX`, 6 bytes a byte).
+    pub(super) fn body_limit(&self, limits: &LimitsConfig) -> usize {
+        if auth::param(&self.params, "body_md5").is_none() {
+            return 0;
+        }
+        // Name (200), 100 channel names of up to 164 characters, socket id, info.
+        const ENVELOPE: usize = 24 * 1024;
+        let event = limits.max_event_payload_kb * 1024 * 6 + ENVELOPE;
+        match self.route {
+            Route::Events => event,
+            Route::BatchEvents => event * limits.max_batch_size + 1024,
+            // `{}` at most; the SDKs send an empty body or `{}`.
+            _ => 1024,
+        }
+    }
+
+    /// Checks the body against the signed `body_md5`, then runs the endpoint.
+    pub(super) async fn handle(self, ctx: &Context, body: &[u8]) -> Result<Value, ApiError> {
+        auth::verify_body_md5(&self.params, body)?;
+        let app = &*self.app;
+        let param = |name: &str| auth::param(&self.params, name);
+        match &self.route {
+            Route::Events => events(ctx, app, body).await,
+            Route::BatchEvents => batch_events(ctx, app, body).await,
+            Route::Channels => channels(ctx, app, param("filter_by_prefix"), param("info")).await,
+            Route::Channel(channel) => channel_info(ctx, app, channel, param("info")).await,
+            Route::Users(channel) => users(ctx, app, channel).await,
+            Route::Terminate(user) => {
+                ctx.adapter.terminate_user(&app.id, user).await;
+                Ok(json!({}))
+            }
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub enum ApiError {
     /// Route exists with another method (405).
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// The body did not arrive within `server.http_body_timeout` (408).
+    #[error("Request body not received within {0} s")]
+    BodyTimeout(u64),
+    /// The server is shutting down (503).
+    #[error("Server is shutting down")]
+    ShuttingDown,
 }
 
 impl ApiError {
@@ -45,6 +51,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -12,6 +12,8 @@ mod api;
 mod error;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -21,6 +23,7 @@ use warp::{Filter, Reply};
 
 pub use error::ApiError;
 
+use crate::apps::App;
 use crate::auth::RequestError;
 use crate::server::Context;
 
@@ -45,15 +48,6 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
             }
         });
 
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_ctx.clone())
-        .map(|ctx: Context| {
-            let body = ctx.metrics.render(ctx.registry.total_connections());
-            warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4")
-                .into_response()
-        });
-
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
     let api = warp::path("apps")
@@ -72,20 +66,17 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              query: String,
              body,
              ctx: Context| async move {
-                let limit = body_limit(&ctx);
-                let body = match read_body(body, limit).await {
-                    Ok(body) => body,
-                    Err(err) => return err.into_response(),
+                // An unknown app costs a map lookup and nothing else: the body is not read.
+                let Some(app) = ctx.apps.find_by_id(&app_id).await else {
+                    return ApiError::AppNotFound(app_id).into_response();
                 };
-                let req = api::Request {
-                    app_id: &app_id,
+                let head = api::Head {
                     tail: tail.as_str(),
                     method: &method,
                     path: full.as_str(),
                     query: &query,
-                    body: &body,
                 };
-                respond(&ctx, req).await
+                respond(&ctx, app, head, body).await
             },
         );
 
@@ -105,10 +96,6 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              query: String,
              body,
              ctx: Context| async move {
-                let body = match read_body(body, body_limit(&ctx)).await {
-                    Ok(body) => body,
-                    Err(err) => return err.into_response(),
-                };
                 let key = form_urlencoded::parse(query.as_bytes())
                     .find(|(k, _)| k == "auth_key")
                     .map(|(_, v)| v.into_owned());
@@ -124,21 +111,17 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
                     return ApiError::Auth(err).into_response();
                 };
                 let tail = format!("users/{user}/terminate_connections");
-                let req = api::Request {
-                    app_id: &app.id,
+                let head = api::Head {
                     tail: &tail,
                     method: &method,
                     path: full.as_str(),
                     query: &query,
-                    body: &body,
                 };
-                respond(&ctx, req).await
+                respond(&ctx, app, head, body).await
             },
         );
 
     up.or(up_app)
-        .unify()
-        .or(metrics)
         .unify()
         .or(api)
         .unify()
@@ -148,42 +131,79 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .unify()
 }
 
-/// Runs one API request and turns its outcome into a JSON response.
-async fn respond(ctx: &Context, req: api::Request<'_>) -> Response {
-    match api::handle(ctx, req).await {
+/// The routes of the metrics listener: `/metrics` (Prometheus text) and `/up`.
+pub fn metrics_routes(
+    ctx: Context,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        let body = ctx.metrics.render(ctx.registry.total_connections());
+        warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
+    });
+    let up = warp::path!("up")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"ok": true})).into_response());
+    metrics.or(up).unify().recover(error::recover).unify()
+}
+
+/// Runs one API request: the head is checked first, then the body is read (within its
+/// route's cap and `server.http_body_timeout`), then the endpoint runs; the outcome is a
+/// JSON response.
+async fn respond<S, B>(ctx: &Context, app: Arc<App>, head: api::Head<'_>, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let outcome = async {
+        let authorized = api::authorize(app, head)?;
+        let limit = authorized.body_limit(&ctx.config.limits);
+        let body = read_body(ctx, body, limit).await.map_err(|err| match err {
+            // No body_md5 was signed, so no body may come.
+            ApiError::TooLarge(_) if limit == 0 => ApiError::Auth(RequestError::BodyMd5 {
+                expected: "a signed body_md5 for a request with a body".into(),
+                got: None,
+            }),
+            other => other,
+        })?;
+        authorized.handle(ctx, &body).await
+    };
+    match outcome.await {
         Ok(value) => warp::reply::json(&value).into_response(),
         Err(err) => err.into_response(),
     }
 }
 
-/// Largest request body: a full batch of maximum-size events plus their envelopes.
-fn body_limit(ctx: &Context) -> usize {
-    let l = &ctx.config.limits;
-    (l.max_event_payload_kb * 1024 * 2 + 16 * 1024) * l.max_batch_size.max(1) + 64 * 1024
-}
-
-/// Reads the body, refusing (413) past `limit` bytes whether or not a length was announced.
-async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, ApiError>
+/// Reads the body, refusing (413) past `limit` bytes whether or not a length was announced,
+/// (408) when it takes longer than `server.http_body_timeout`, and (503) at shutdown.
+async fn read_body<S, B>(ctx: &Context, body: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut body = std::pin::pin!(body);
-    let mut out = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
-        if out.len() + chunk.remaining() > limit {
-            return Err(ApiError::TooLarge(format!(
-                "Request body too large: the limit is {limit} bytes"
-            )));
+    let wait = ctx.config.server.http_body_timeout;
+    let reading = async {
+        let mut body = std::pin::pin!(body);
+        let mut out = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let mut chunk =
+                chunk.map_err(|e| ApiError::bad(format!("Could not read the body: {e}")))?;
+            if out.len() + chunk.remaining() > limit {
+                return Err(ApiError::TooLarge(format!(
+                    "Request body too large: the limit is {limit} bytes"
+                )));
+            }
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            out.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
+        Ok(out.freeze())
+    };
+    tokio::select! {
+        read = tokio::time::timeout(Duration::from_secs(wait), reading) => {
+            read.unwrap_or(Err(ApiError::BodyTimeout(wait)))
         }
+        _ = ctx.shutdown.cancelled() => Err(ApiError::ShuttingDown),
     }
-    Ok(out.freeze())
 }

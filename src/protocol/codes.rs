@@ -43,6 +43,12 @@ impl Close {
         code: 4009,
         message: "Connection not authorized within timeout",
     };
+    /// The handshake's `Origin` is not in the app's `allowed_origins` (the code soketi and
+    /// sockudo use; pusher-js does not retry a 40xx refusal).
+    pub const ORIGIN_NOT_ALLOWED: Close = Close {
+        code: 4009,
+        message: "Origin not allowed",
+    };
     /// `POST /users/{id}/terminate_connections`. Pusher documents that a terminated user may
     /// reconnect "if nothing else is done", so this is a 42xx code (pusher-js reconnects and
     /// signs in again only if the app still authorizes it); 4009 would stop pusher-js for good.
@@ -66,12 +72,41 @@ impl Close {
         code: 4201,
         message: "Pong reply not received: ping was sent to the client, but no reply was received",
     };
+    /// The socket accepted no bytes for `server.write_timeout` while frames waited for it.
+    pub const WRITE_TIMEOUT: Close = Close {
+        code: 4200,
+        message: "Client stopped reading: no data was accepted within the write timeout",
+    };
     /// A frame larger than the transport accepts (WebSocket "message too big").
     pub const MESSAGE_TOO_BIG: Close = Close {
         code: 1009,
         message: "Message too big",
     };
+    /// A WebSocket protocol violation (RFC 6455 7.4.1: 1002): unmasked, reserved bits,
+    /// fragmented or oversized control frames, unknown opcodes.
+    pub const PROTOCOL_ERROR: Close = Close {
+        code: 1002,
+        message: "WebSocket protocol error",
+    };
+    /// A text frame that is not UTF-8 (RFC 6455 7.4.1: 1007).
+    pub const INVALID_PAYLOAD: Close = Close {
+        code: 1007,
+        message: "Invalid frame payload: text frames must be UTF-8",
+    };
+
+    /// Whether a `pusher:error` is sent ahead of the close frame: always, except for a normal
+    /// 1000/1001 close, so that clients see why they were cut off.
+    pub fn announces(&self) -> bool {
+        !matches!(self.code, 1000 | 1001)
+    }
 }
+
+/// Non-fatal error code for a subscription over `limits.max_channels_per_connection`.
+pub const SUBSCRIPTION_LIMIT: u16 = 4300;
+
+/// Non-fatal error code for `pusher:subscribe` requests over
+/// `limits.max_subscribes_per_second`.
+pub const SUBSCRIBE_RATE_LIMIT: u16 = 4301;
 
 /// Non-fatal error code for a client event over the rate limit.
 pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;

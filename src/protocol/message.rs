@@ -86,6 +86,12 @@ struct Envelope<'a> {
 impl ClientMessage {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+        // serde would also read a 3-element JSON array into the envelope; a frame is an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(ProtocolError::NotJson(
+                "a Pusher frame is a JSON object".to_string(),
+            ));
+        }
         let env: Envelope<'_> =
             serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
         let event = match env.event {
@@ -195,6 +201,20 @@ fn object_data(
     }
 }
 
+/// A user id as its text: a non-empty string as is, a number as the JSON text it was sent
+/// as (`123456789012345678901` stays exact; going through `f64` would round it and make
+/// distinct users collide). Anything else is not a user id.
+fn user_id_text(raw: &RawValue) -> Option<String> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(text)
+            .ok()
+            .filter(|s| !s.is_empty()),
+        b'-' | b'0'..=b'9' => Some(text.to_string()),
+        _ => None,
+    }
+}
+
 /// A presence member as announced in the signed `channel_data`.
 #[derive(Debug, Clone)]
 pub struct PresenceMember {
@@ -231,7 +251,8 @@ impl PresenceMember {
     pub fn parse(channel_data: &str, max_info: usize) -> Result<PresenceMember, PresenceDataError> {
         #[derive(Deserialize)]
         struct Data<'a> {
-            user_id: Option<Value>,
+            #[serde(borrow)]
+            user_id: Option<&'a RawValue>,
             #[serde(borrow)]
             user_info: Option<&'a RawValue>,
         }
@@ -241,11 +262,10 @@ impl PresenceMember {
         }
         let data: Data<'_> =
             serde_json::from_str(channel_data).map_err(|_| PresenceDataError::NotJson)?;
-        let user_id = match data.user_id {
-            Some(Value::String(s)) if !s.is_empty() => s,
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(PresenceDataError::NoUserId),
-        };
+        let user_id = data
+            .user_id
+            .and_then(user_id_text)
+            .ok_or(PresenceDataError::NoUserId)?;
         if user_id.chars().count() > MAX_USER_ID_LEN {
             return Err(PresenceDataError::UserIdTooLong);
         }
@@ -406,27 +426,39 @@ pub struct SigninUser {
 impl SigninUser {
     /// Reads `{"id": "...", "user_info": {...}, "watchlist": [...]}`.
     pub fn parse(user_data: &str) -> Result<SigninUser, &'static str> {
-        let value: Value = serde_json::from_str(user_data).map_err(|_| "user_data is not JSON")?;
-        let id = match value.get("id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err("user_data must have a non-empty string 'id'"),
-        };
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow)]
+            id: Option<&'a RawValue>,
+            #[serde(borrow)]
+            watchlist: Option<&'a RawValue>,
+        }
+        if !user_data.trim_start().starts_with('{') {
+            return Err("user_data is not a JSON object");
+        }
+        let value: Data<'_> =
+            serde_json::from_str(user_data).map_err(|_| "user_data is not a JSON object")?;
+        let id = match value.id.map(RawValue::get) {
+            Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text)
+                .ok()
+                .filter(|s| !s.is_empty()),
+            _ => None,
+        }
+        .ok_or("user_data must have a non-empty string 'id'")?;
         if id.chars().count() > MAX_USER_ID_LEN {
             return Err("user_data 'id' is too long");
         }
         let mut watchlist = Vec::new();
-        match value.get("watchlist") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(ids)) => {
-                for v in ids {
-                    match v {
-                        Value::String(s) if !s.is_empty() => watchlist.push(s.clone()),
-                        Value::Number(n) => watchlist.push(n.to_string()),
-                        _ => return Err("user_data 'watchlist' must hold user ids"),
-                    }
+        match value.watchlist.map(RawValue::get) {
+            None | Some("null") => {}
+            Some(text) => {
+                let ids: Vec<&RawValue> = serde_json::from_str(text)
+                    .map_err(|_| "user_data 'watchlist' must be an array")?;
+                for raw in ids {
+                    let id = user_id_text(raw).ok_or("user_data 'watchlist' must hold user ids")?;
+                    watchlist.push(id);
                 }
             }
-            Some(_) => return Err("user_data 'watchlist' must be an array"),
         }
         let max = super::codes::MAX_WATCHLIST;
         let watchlist_truncated = watchlist.len() > max;
@@ -562,6 +594,24 @@ mod tests {
             .unwrap();
         assert_eq!(m.user_id, "10");
         assert_eq!(m.user_info.get(), r#"{"name":"Mr. Pusher"}"#);
+        // 20-digit ids stay exact: through f64 these two would both be 1.2345678901234567e20.
+        for id in [
+            "123456789012345678901",
+            "123456789012345678902",
+            "-5",
+            "1.5",
+        ] {
+            let data = format!(r#"{{"user_id":{id}}}"#);
+            assert_eq!(PresenceMember::parse(&data, 1024).unwrap().user_id, id);
+        }
+        for bad in ["null", "true", "\"\"", "[1]", "{}"] {
+            let data = format!(r#"{{"user_id":{bad}}}"#);
+            assert_eq!(
+                PresenceMember::parse(&data, 1024).unwrap_err(),
+                PresenceDataError::NoUserId,
+                "{bad}"
+            );
+        }
         assert_eq!(
             PresenceMember::parse("{}", 1024).unwrap_err(),
             PresenceDataError::NoUserId

@@ -5,16 +5,26 @@
 //! over a real socket and in tests.
 //!
 //! Everything other tasks send to this connection goes through its bounded queue (see
-//! `registry::Conn`); replies to the client's own frames are written directly, in order.
+//! `registry::Conn`); replies to the client's own frames go to a short outbox, in order.
+//!
+//! Writing never blocks the loop: [`Wire::poll_io`] moves queued frames to the outbox, hands
+//! the outbox to the socket as far as it accepts, and reads client frames, all in one poll.
+//! So the heartbeat, shutdown and close requests are served while a write is pending, and
+//! a socket that accepts no bytes for `server.write_timeout` is closed. Reading pauses while
+//! the outbox is full, so a client that sends but does not read cannot grow it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -27,13 +37,21 @@ use crate::protocol::{
 };
 use crate::registry::{Change, Conn, Frame};
 use crate::server::Context;
+use crate::session::{Handshake, WriteMeter};
 use crate::webhooks::Event;
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Most queued frames written before one flush.
+/// Most queued frames moved to the outbox at a time: the outbox is refilled from the queue
+/// only below this, so a backlog stays in the bounded queue, where it is counted.
 const WRITE_BATCH: usize = 32;
+
+/// Client frames are read only while the outbox holds fewer messages than this.
+const READ_PAUSE: usize = 2 * WRITE_BATCH;
+
+/// Rounds of moving frames and reading in one poll before yielding to the other tasks.
+const POLL_ROUNDS: usize = 16;
 
 /// How a session ends.
 enum End {
@@ -43,15 +61,15 @@ enum End {
     Close(Close),
 }
 
-/// Runs one connection to its end. `path` and `query` come from the upgrade request.
-pub async fn run<S>(mut ws: S, ctx: Context, path: &str, query: Option<&str>)
+/// Runs one connection to its end. `meter` counts the bytes the socket under `ws` accepted.
+pub async fn run<S>(mut ws: S, ctx: Context, handshake: Handshake, meter: WriteMeter)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
-    let app = match admit(&ctx, path, query).await {
+    let app = match admit(&ctx, &handshake).await {
         Ok(app) => app,
         Err(close) => {
-            tracing::debug!(code = close.code, path, "connection refused");
+            tracing::debug!(code = close.code, path = %handshake.path, "connection refused");
             close_with(&mut ws, close).await;
             return;
         }
@@ -61,15 +79,22 @@ where
     let auth_deadline = app
         .authorized_connections
         .then(|| Instant::now() + Duration::from_secs(ctx.config.server.authorization_timeout));
+    let limits = &ctx.config.limits;
     let mut session = Session {
         auth_deadline,
         user: None,
-        ws,
+        wire: Wire {
+            ws,
+            rx,
+            outbox: VecDeque::new(),
+            unflushed: false,
+        },
+        meter,
+        subscribes: Bucket::full(limits.max_channels_per_connection),
         ctx: ctx.clone(),
         app,
         socket: socket_id.to_string(),
         conn,
-        rx,
         subscriptions: HashMap::new(),
         window_start: Instant::now(),
         window_count: 0,
@@ -80,17 +105,23 @@ where
     ctx.registry.disconnect(&session.app.id);
     tracing::debug!(socket_id = %session.socket, "disconnected");
     if let End::Close(close) = end {
-        close_with(&mut session.ws, close).await;
+        // Frames the client had not received yet are dropped, so that the error and the
+        // close come next (after whatever the socket already holds).
+        session.wire.outbox.clear();
+        session.wire.rx.close();
+        while session.wire.rx.try_recv().is_ok() {}
+        close_with(&mut session.wire.ws, close).await;
     }
 }
 
-/// Checks path, protocol, app and quota; counts the connection when admitted.
-async fn admit(ctx: &Context, path: &str, query: Option<&str>) -> Result<Arc<App>, Close> {
-    let key = path
+/// Checks path, protocol, app, origin and quota; counts the connection when admitted.
+async fn admit(ctx: &Context, handshake: &Handshake) -> Result<Arc<App>, Close> {
+    let key = handshake
+        .path
         .strip_prefix("/app/")
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .ok_or(Close::PATH_NOT_FOUND)?;
-    protocol_version(query)?;
+    protocol_version(handshake.query.as_deref())?;
     let app = ctx
         .apps
         .find_by_key(key)
@@ -98,6 +129,9 @@ async fn admit(ctx: &Context, path: &str, query: Option<&str>) -> Result<Arc<App
         .ok_or(Close::APP_NOT_FOUND)?;
     if !app.enabled {
         return Err(Close::APP_DISABLED);
+    }
+    if !crate::origin::allowed(&app.allowed_origins, handshake.origin.as_deref()) {
+        return Err(Close::ORIGIN_NOT_ALLOWED);
     }
     ctx.registry.connect(&app.id, app.max_connections)?;
     Ok(app)
@@ -109,7 +143,7 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let frames = async {
-        if close.code >= 4000 || close == Close::MESSAGE_TOO_BIG {
+        if close.announces() {
             ws.feed(text(message::error(Some(close.code), close.message)))
                 .await?;
         }
@@ -132,16 +166,127 @@ fn text(s: String) -> Message {
     Message::Text(s.into())
 }
 
-struct Session<S> {
+/// The socket and the two things waiting to be written to it.
+struct Wire<S> {
     ws: S,
+    /// The connection's bounded queue (fan-out from other tasks).
+    rx: mpsc::Receiver<Frame>,
+    /// Messages to hand to the socket, in order: replies, and frames taken from `rx`.
+    outbox: VecDeque<Message>,
+    /// The socket holds messages not flushed yet.
+    unflushed: bool,
+}
+
+/// What [`Wire::poll_io`] saw.
+enum Io {
+    /// A client frame (or the end of the stream).
+    Inbound(Option<Result<Message, WsError>>),
+    /// The queue's sender is gone (the registry forgot this connection).
+    QueueClosed,
+    /// The socket failed while writing.
+    WriteFailed,
+}
+
+impl<S> Wire<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    /// Whether anything waits to reach the socket.
+    fn writing(&self) -> bool {
+        !self.outbox.is_empty() || self.unflushed
+    }
+
+    /// Moves queued frames to the outbox, writes the outbox as far as the socket accepts,
+    /// flushes, and reads one client frame if the outbox has room. Ready only with something
+    /// for the session to act on; writes progress in the background of every poll.
+    fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<Io> {
+        for _ in 0..POLL_ROUNDS {
+            let mut moved = false;
+            while self.outbox.len() < WRITE_BATCH {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(frame)) => self.outbox.push_back(Message::Text(frame)),
+                    Poll::Ready(None) => return Poll::Ready(Io::QueueClosed),
+                    Poll::Pending => break,
+                }
+            }
+            while !self.outbox.is_empty() {
+                match Pin::new(&mut self.ws).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let msg = self.outbox.pop_front().expect("not empty");
+                        if Pin::new(&mut self.ws).start_send(msg).is_err() {
+                            return Poll::Ready(Io::WriteFailed);
+                        }
+                        self.unflushed = true;
+                        moved = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
+                    Poll::Pending => break,
+                }
+            }
+            if self.unflushed {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
+                    Poll::Pending => {}
+                }
+            }
+            if self.outbox.len() < READ_PAUSE {
+                if let Poll::Ready(msg) = Pin::new(&mut self.ws).poll_next(cx) {
+                    return Poll::Ready(Io::Inbound(msg));
+                }
+            }
+            // Another round only if the outbox drained and the queue may hold more.
+            if !moved || self.outbox.len() >= WRITE_BATCH {
+                return Poll::Pending;
+            }
+        }
+        // Busy connection: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A token bucket for `pusher:subscribe` requests: `burst` at once, then `rate` per second.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: usize) -> Bucket {
+        Bucket {
+            tokens: burst as f64,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, rate: u32, burst: usize) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(rate);
+        self.tokens = (self.tokens + refill).min(burst as f64);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session<S> {
+    wire: Wire<S>,
+    /// Bytes the socket accepted, for the write timeout.
+    meter: WriteMeter,
     ctx: Context,
     app: Arc<App>,
     /// The socket id as clients see it (`conn.socket_id` formatted once).
     socket: String,
     conn: Arc<Conn>,
-    rx: mpsc::Receiver<Frame>,
     /// Channels this socket is subscribed to, with its presence user id there.
     subscriptions: HashMap<String, Option<Arc<str>>>,
+    /// `pusher:subscribe` rate limit.
+    subscribes: Bucket,
     window_start: Instant,
     window_count: u32,
     /// `authorized_connections` apps: when the connection must be authorized by.
@@ -153,9 +298,9 @@ struct Session<S> {
 /// What woke the loop.
 enum Step {
     Stop(Close),
-    Outbound(Option<Frame>),
-    Inbound(Option<Result<Message, WsError>>),
+    Io(Io),
     Idle,
+    WriteCheck,
 }
 
 impl<S> Session<S>
@@ -169,16 +314,31 @@ where
     async fn serve(&mut self) -> End {
         let hello =
             message::connection_established(&self.socket, self.ctx.config.server.activity_timeout);
-        if let Err(end) = self.write(vec![text(hello)]).await {
-            return end;
-        }
+        self.send(vec![text(hello)]);
         let activity = Duration::from_secs(self.ctx.config.server.activity_timeout);
         let pong_wait = Duration::from_secs(self.ctx.config.server.pong_timeout);
+        let write_timeout = Duration::from_secs(self.ctx.config.server.write_timeout);
+        // The write timeout is checked a few times per period, so a stall is caught within
+        // about a quarter of it past the limit.
+        let write_check = (write_timeout / 4).max(Duration::from_millis(100));
         let idle = sleep(activity);
         tokio::pin!(idle);
         let mut pinged = false;
+        // Bytes written and when that count last moved, while something waits to be written.
+        let mut written = self.meter.written();
+        let mut progress_at = Instant::now();
+        let mut check_at = Instant::now();
+        let mut was_writing = false;
         loop {
             let auth_deadline = self.auth_deadline;
+            let writing = self.wire.writing();
+            if writing && !was_writing {
+                written = self.meter.written();
+                progress_at = Instant::now();
+                check_at = progress_at + write_check;
+            }
+            was_writing = writing;
+            let wire = &mut self.wire;
             let step = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => Step::Stop(Close::SHUTTING_DOWN),
@@ -186,88 +346,82 @@ where
                 _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(Instant::now)), if auth_deadline.is_some() => {
                     Step::Stop(Close::UNAUTHORIZED)
                 }
-                frame = self.rx.recv() => Step::Outbound(frame),
-                msg = self.ws.next() => Step::Inbound(msg),
+                io = poll_fn(|cx| wire.poll_io(cx)) => Step::Io(io),
                 _ = &mut idle => Step::Idle,
+                _ = tokio::time::sleep_until(check_at), if writing => Step::WriteCheck,
             };
-            let result = match step {
+            match step {
                 Step::Stop(reason) => return End::Close(reason),
-                Step::Outbound(None) => return End::Gone,
-                Step::Outbound(Some(frame)) => self.write_queued(frame).await,
-                Step::Inbound(msg) => {
+                Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
+                Step::Io(Io::Inbound(msg)) => {
                     idle.as_mut().reset(Instant::now() + activity);
                     pinged = false;
                     // Boxed: the handlers' state lives on the heap only while a frame is
                     // handled, so an idle connection's task stays small.
-                    Box::pin(self.on_message(msg)).await
+                    if let Err(end) = Box::pin(self.on_message(msg)).await {
+                        return end;
+                    }
                 }
                 Step::Idle if pinged => return End::Close(Close::PONG_TIMEOUT),
                 Step::Idle => {
                     pinged = true;
                     idle.as_mut().reset(Instant::now() + pong_wait);
-                    self.write(vec![text(message::ping())]).await
+                    self.send(vec![text(message::ping())]);
                 }
-            };
-            if let Err(end) = result {
-                return end;
+                Step::WriteCheck => {
+                    check_at = Instant::now() + write_check;
+                    let now = self.meter.written();
+                    if now != written {
+                        written = now;
+                        progress_at = Instant::now();
+                    } else if self.wire.writing() && progress_at.elapsed() >= write_timeout {
+                        return End::Close(Close::WRITE_TIMEOUT);
+                    }
+                }
             }
         }
     }
 
-    /// Writes messages and flushes; gives up if the connection is asked to close meanwhile
-    /// (a client that stopped reading must not hold its task forever).
-    async fn write(&mut self, msgs: Vec<Message>) -> Result<(), End> {
-        let ws = &mut self.ws;
-        let writing = async {
-            for m in msgs {
-                ws.feed(m).await?;
-            }
-            ws.flush().await
-        };
-        tokio::select! {
-            r = writing => r.map_err(|_| End::Gone),
-            reason = self.conn.close_requested() => Err(End::Close(reason)),
-            _ = self.ctx.shutdown.cancelled() => Err(End::Close(Close::SHUTTING_DOWN)),
-        }
+    /// Queues messages for the client, after everything queued before them.
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.wire.outbox.extend(msgs);
     }
 
-    /// Writes a queued frame and whatever else is already waiting, with one flush.
-    async fn write_queued(&mut self, first: Frame) -> Result<(), End> {
-        let mut batch = vec![Message::Text(first)];
-        while batch.len() < WRITE_BATCH {
-            match self.rx.try_recv() {
-                Ok(frame) => batch.push(Message::Text(frame)),
-                Err(_) => break,
-            }
-        }
-        self.write(batch).await
-    }
-
-    async fn error(&mut self, code: Option<u16>, msg: &str) -> Result<(), End> {
-        self.write(vec![text(message::error(code, msg))]).await
+    fn error(&mut self, code: Option<u16>, msg: &str) -> Result<(), End> {
+        self.send(vec![text(message::error(code, msg))]);
+        Ok(())
     }
 
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
         match msg {
             None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => Err(End::Gone),
             Some(Err(WsError::Capacity(_))) => Err(End::Close(Close::MESSAGE_TOO_BIG)),
+            // The peer vanished mid-stream: nobody is left to tell.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                Err(End::Gone)
+            }
+            Some(Err(WsError::Protocol(err))) => {
+                tracing::debug!(socket_id = %self.socket, cause = %err, "protocol error");
+                Err(End::Close(Close::PROTOCOL_ERROR))
+            }
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(Close::INVALID_PAYLOAD)),
             Some(Err(err)) => {
                 tracing::debug!(socket_id = %self.socket, cause = %err, "read failed");
                 Err(End::Gone)
             }
             Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
-            Some(Ok(Message::Binary(_))) => {
-                self.error(
-                    None,
-                    "Binary frames are not supported: send JSON text frames",
-                )
-                .await
+            Some(Ok(Message::Binary(_))) => self.error(
+                None,
+                "Binary frames are not supported: send JSON text frames",
+            ),
+            Some(Ok(Message::Ping(_))) => {
+                // tungstenite queued the pong; the next poll flushes it out.
+                self.wire.unflushed = true;
+                Ok(())
             }
-            // tungstenite queued the pong; flush it out.
-            Some(Ok(Message::Ping(_))) => self.write(Vec::new()).await,
             Some(Ok(Message::Close(_))) => {
                 // tungstenite queued the close reply; send it so the client sees a clean close.
-                let _ = timeout(CLOSE_GRACE, self.ws.flush()).await;
+                let _ = timeout(CLOSE_GRACE, self.wire.ws.flush()).await;
                 Err(End::Gone)
             }
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
@@ -277,10 +431,13 @@ where
     async fn on_text(&mut self, text_frame: &str) -> Result<(), End> {
         let msg = match ClientMessage::parse(text_frame) {
             Ok(msg) => msg,
-            Err(err) => return self.error(None, &err.to_string()).await,
+            Err(err) => return self.error(None, &err.to_string()),
         };
         match msg {
-            ClientMessage::Ping => self.write(vec![text(message::pong())]).await,
+            ClientMessage::Ping => {
+                self.send(vec![text(message::pong())]);
+                Ok(())
+            }
             ClientMessage::Pong => Ok(()),
             ClientMessage::Subscribe {
                 channel,
@@ -304,18 +461,30 @@ where
 
     /// Reports a refused subscription both ways Pusher clients listen for it: `pusher:error`
     /// on the connection and `pusher:subscription_error` on the channel.
-    async fn refuse_subscription(
+    fn refuse_subscription(
         &mut self,
         channel: &str,
         kind: &str,
         msg: &str,
         status: u16,
     ) -> Result<(), End> {
-        self.write(vec![
-            text(message::error(None, msg)),
+        self.refuse_with_code(channel, None, kind, msg, status)
+    }
+
+    /// [`Session::refuse_subscription`] with a `pusher:error` code.
+    fn refuse_with_code(
+        &mut self,
+        channel: &str,
+        code: Option<u16>,
+        kind: &str,
+        msg: &str,
+        status: u16,
+    ) -> Result<(), End> {
+        self.send(vec![
+            text(message::error(code, msg)),
             text(message::subscription_error(channel, kind, msg, status)),
-        ])
-        .await
+        ]);
+        Ok(())
     }
 
     async fn subscribe(
@@ -324,12 +493,34 @@ where
         token: Option<String>,
         channel_data: Option<String>,
     ) -> Result<(), End> {
+        let limits = &self.ctx.config.limits;
+        let (rate, most) = (
+            limits.max_subscribes_per_second,
+            limits.max_channels_per_connection,
+        );
+        if !self.subscribes.take(rate, most) {
+            let msg = format!(
+                "Subscription rejected due to rate limit: at most {rate} pusher:subscribe per second"
+            );
+            let code = Some(codes::SUBSCRIBE_RATE_LIMIT);
+            return self.refuse_with_code(&channel, code, "LimitReached", &msg, 429);
+        }
+        if self.subscriptions.len() >= most && !self.subscriptions.contains_key(&channel) {
+            let msg = format!(
+                "Subscription rejected: this connection is subscribed to {most} channels, the limit"
+            );
+            let code = Some(codes::SUBSCRIPTION_LIMIT);
+            return self.refuse_with_code(&channel, code, "LimitReached", &msg, 429);
+        }
         let name = match ChannelName::parse(&channel) {
             Ok(name) => name,
             Err(err) => {
-                return self
-                    .refuse_subscription(&channel, "SubscriptionError", &err.to_string(), 400)
-                    .await
+                return self.refuse_subscription(
+                    &channel,
+                    "SubscriptionError",
+                    &err.to_string(),
+                    400,
+                )
             }
         };
         let kind = name.kind();
@@ -340,18 +531,14 @@ where
             };
             if !own {
                 let msg = "#server-to-user- channels are only for the signed-in user they name";
-                return self
-                    .refuse_subscription(&channel, "AuthError", msg, 403)
-                    .await;
+                return self.refuse_subscription(&channel, "AuthError", msg, 403);
             }
         }
         if kind.needs_auth() {
             let signed = auth::channel_string(&self.socket, &channel, channel_data.as_deref());
             let token = token.as_deref().unwrap_or("");
             if let Err(err) = auth::verify_token(&self.app.key, &self.app.secret, token, &signed) {
-                return self
-                    .refuse_subscription(&channel, "AuthError", &err.to_string(), 401)
-                    .await;
+                return self.refuse_subscription(&channel, "AuthError", &err.to_string(), 401);
             }
         }
         let limits = &self.ctx.config.limits;
@@ -363,9 +550,12 @@ where
             match parsed {
                 Ok(m) => Some(m),
                 Err(err) => {
-                    return self
-                        .refuse_subscription(&channel, "SubscriptionError", &err.to_string(), 400)
-                        .await
+                    return self.refuse_subscription(
+                        &channel,
+                        "SubscriptionError",
+                        &err.to_string(),
+                        400,
+                    )
                 }
             }
         } else {
@@ -409,11 +599,13 @@ where
                         }
                     }
                 }
-                self.write(frames).await
+                {
+                    self.send(frames);
+                    Ok(())
+                }
             }
             Err(err) => {
                 self.refuse_subscription(&channel, "SubscriptionError", &err.to_string(), 400)
-                    .await
             }
         }
     }
@@ -425,9 +617,7 @@ where
         data: Box<RawValue>,
     ) -> Result<(), End> {
         if !self.app.client_events {
-            return self
-                .error(None, "Client events are not enabled for this app")
-                .await;
+            return self.error(None, "Client events are not enabled for this app");
         }
         // A name that is not subscribed is refused below either way; only the prefix matters.
         if !matches!(
@@ -436,11 +626,11 @@ where
         ) {
             let msg =
                 format!("Client event rejected: {channel:?} is not a private or presence channel");
-            return self.error(None, &msg).await;
+            return self.error(None, &msg);
         }
         let Some(user_id) = self.subscriptions.get(&channel).cloned() else {
             let msg = format!("Client event rejected: not subscribed to channel {channel}");
-            return self.error(None, &msg).await;
+            return self.error(None, &msg);
         };
         let limit = self.ctx.config.limits.max_event_payload_kb * 1024;
         if data.get().len() > limit {
@@ -448,7 +638,7 @@ where
                 "Client event rejected: data is {} bytes, the limit is {limit} bytes",
                 data.get().len()
             );
-            return self.error(None, &msg).await;
+            return self.error(None, &msg);
         }
         let now = Instant::now();
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
@@ -459,7 +649,7 @@ where
         let max = self.app.max_client_events_per_second;
         if self.window_count > max {
             let msg = format!("Client event rejected due to rate limit: at most {max} per second");
-            return self.error(Some(codes::CLIENT_EVENT_RATE_LIMIT), &msg).await;
+            return self.error(Some(codes::CLIENT_EVENT_RATE_LIMIT), &msg);
         }
         let frame = message::client_event(&event, &channel, &data, user_id.as_deref());
         self.ctx
@@ -488,14 +678,12 @@ where
     async fn signin(&mut self, token: String, user_data: String) -> Result<(), End> {
         let signed = auth::user_string(&self.socket, &user_data);
         if let Err(err) = auth::verify_token(&self.app.key, &self.app.secret, &token, &signed) {
-            return self.error(None, &format!("Invalid signin: {err}")).await;
+            return self.error(None, &format!("Invalid signin: {err}"));
         }
         let user = match SigninUser::parse(&user_data) {
             Ok(user) => user,
             Err(problem) => {
-                return self
-                    .error(None, &format!("Invalid signin: {problem}"))
-                    .await
+                return self.error(None, &format!("Invalid signin: {problem}"));
             }
         };
         if let Some((current, _)) = &self.user {
@@ -503,12 +691,11 @@ where
                 let msg = format!(
                     "Invalid signin: this connection is already signed in as user {current}"
                 );
-                return self.error(None, &msg).await;
+                return self.error(None, &msg);
             }
             // The same user again: nothing changes.
-            return self
-                .write(vec![text(message::signin_success(&user_data))])
-                .await;
+            self.send(vec![text(message::signin_success(&user_data))]);
+            return Ok(());
         }
         let (online, offline) =
             self.ctx
@@ -526,7 +713,10 @@ where
             let msg = "Watchlist limit exceeded. Only the first 100 user IDs are accepted.";
             frames.push(text(message::error(Some(codes::WATCHLIST_LIMIT), msg)));
         }
-        self.write(frames).await
+        {
+            self.send(frames);
+            Ok(())
+        }
     }
 
     /// Whether subscribers of this kind of channel are sent subscription counts.

@@ -9,19 +9,22 @@
 //! Must not touch: HTTP API routes.
 
 mod handler;
+mod meter;
 
+use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
     UPGRADE,
 };
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 pub use handler::run;
+pub use meter::{Metered, WriteMeter};
 
 use crate::server::Context;
 
@@ -59,36 +62,78 @@ pub fn transport_cap(ctx: &Context) -> usize {
     (ctx.config.limits.max_event_payload_kb * 1024 * 4).max(64 * 1024)
 }
 
+/// What the session needs from the upgrade request.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The request path (`/app/{key}`).
+    pub path: String,
+    /// The raw query (`protocol=7&client=js...`).
+    pub query: Option<String>,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
+}
+
+/// Checks what RFC 6455 4.2.1 requires of an opening handshake: a GET over HTTP/1.1,
+/// version 13 and a `Sec-WebSocket-Key` that is the base64 of 16 bytes.
+fn check_handshake<B>(req: &Request<B>) -> Result<&HeaderValue, &'static str> {
+    if req.method() != Method::GET {
+        return Err("Bad WebSocket handshake: the method must be GET");
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err("Bad WebSocket handshake: HTTP/1.1 is required");
+    }
+    if req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err("Bad WebSocket handshake: Sec-WebSocket-Version must be 13");
+    }
+    let key = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or("Bad WebSocket handshake: Sec-WebSocket-Key is required")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !decoded.is_ok_and(|k| k.len() == 16) {
+        return Err("Bad WebSocket handshake: Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    Ok(key)
+}
+
 /// Answers the upgrade and spawns the session. The app and protocol are checked inside the
 /// session so that refusals reach the client as `pusher:error` plus a close code.
 pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
-    let version_ok = req
-        .headers()
-        .get(SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
-        let mut res = warp::reply::Response::new(
-            r#"{"error":"Bad WebSocket handshake: Sec-WebSocket-Key and version 13 are required"}"#
-                .into(),
-        );
-        *res.status_mut() = StatusCode::BAD_REQUEST;
-        return res;
+    let key = match check_handshake(&req) {
+        Ok(key) => key,
+        Err(why) => {
+            let body = serde_json::json!({ "error": why }).to_string();
+            let mut res = warp::reply::Response::new(body.into());
+            *res.status_mut() = StatusCode::BAD_REQUEST;
+            res.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return res;
+        }
     };
     let accept = derive_accept_key(key.as_bytes());
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
+    let handshake = Handshake {
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        origin: req
+            .headers()
+            .get(hyper::header::ORIGIN)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
     let config = ws_config(&ctx);
     let tracker = ctx.tracker.clone();
     let fut = async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run(ws, ctx, &path, query.as_deref()).await;
+                let meter = WriteMeter::default();
+                let io = Metered::new(TokioIo::new(upgraded), meter.clone());
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                run(ws, ctx, handshake, meter).await;
             }
             Err(err) => tracing::debug!(cause = %err, "websocket upgrade failed"),
         }
@@ -103,4 +148,34 @@ pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
         headers.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, key: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri("/app/k")
+            .header(SEC_WEBSOCKET_VERSION, "13")
+            .header(SEC_WEBSOCKET_KEY, key)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn handshake_rules() {
+        assert!(check_handshake(&req(Method::GET, "dGhlIHNhbXBsZSBub25jZQ==")).is_ok());
+        for key in [
+            "",
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZWVl",
+            "!!!!",
+        ] {
+            assert!(check_handshake(&req(Method::GET, key)).is_err(), "{key:?}");
+        }
+        assert!(check_handshake(&req(Method::POST, "dGhlIHNhbXBsZSBub25jZQ==")).is_err());
+    }
 }

@@ -195,6 +195,7 @@ mod tests {
                 url: "http://127.0.0.1:1/hook".into(),
                 event_types: types.iter().map(|t| t.to_string()).collect(),
             }],
+            allowed_origins: Vec::new(),
         };
         Arc::new(App::from(&config))
     }

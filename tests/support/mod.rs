@@ -5,6 +5,8 @@
 //! time and is only used after a positive control.
 #![allow(dead_code)] // each test file uses a subset of the helpers
 
+pub(crate) mod process;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,7 +69,7 @@ pub(crate) fn now_unix() -> i64 {
 /// The fixture text with `overrides` merged in. `overrides` is TOML made of `[server]` /
 /// `[limits]` tables (e.g. "[server]\nactivity_timeout = 1\n"); each `key = value` line
 /// replaces the fixture's line for that key in the same table, or is added to the table.
-/// `server.port` is always forced to 0.
+/// `server.port` and `metrics.port` are always forced to 0.
 pub(crate) fn config_text(overrides: &str) -> String {
     // Blocks of the base text: (header line, body lines).
     let mut blocks: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
@@ -82,7 +84,7 @@ pub(crate) fn config_text(overrides: &str) -> String {
                 .push(line.to_string());
         }
     }
-    let mut wanted = String::from("[server]\nport = 0\n");
+    let mut wanted = String::from("[server]\nport = 0\n[metrics]\nport = 0\n");
     wanted.push_str(overrides);
     let mut header = String::new();
     for line in wanted.lines() {
