@@ -1,0 +1,308 @@
+//! The real `pushi` binary as a child process: for tests that measure its memory, send it
+//! signals, or must see a panic message on its stderr.
+//!
+//! [`ServerProcess::start`] writes the fixture (with overrides, see [`super::config_text`]) to
+//! a temporary file, runs `pushi --config <file>` with `RUST_LOG=info` and `NO_COLOR=1`, and
+//! reads the bound address from the "pushi listening" log line (`addr=127.0.0.1:PORT`). A
+//! background thread drains the child's stderr into a shared buffer for the whole run, so the
+//! pipe never fills and [`ServerProcess::stderr_text`] shows everything logged so far. Every
+//! wait is bounded. Dropping the value kills the child and removes the config file.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Api, Client, APP_ID, KEY, SECRET, TIMEOUT};
+
+/// How long the child may take to log its address.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often bounded waits poll.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A running `pushi` binary.
+pub(crate) struct ServerProcess {
+    /// The address it listens on (WebSocket and HTTP).
+    pub(crate) addr: SocketAddr,
+    /// `GET /metrics` as the log names it (`metrics=<url>`); the main address when the log
+    /// names none (servers that serve it there); None when it is `off`.
+    pub(crate) metrics_url: Option<String>,
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+    config: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the binary on the fixture with `overrides` (TOML, as for
+    /// [`super::TestServer::start_with`]) and waits (bounded) until it logs its address.
+    pub(crate) async fn start(overrides: &str) -> ServerProcess {
+        ServerProcess::start_text(super::config_text(overrides)).await
+    }
+
+    /// Starts the binary on this exact config text.
+    pub(crate) async fn start_text(text: String) -> ServerProcess {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let config = std::env::temp_dir().join(format!(
+            "pushi-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&config, &text)
+            .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushi"));
+        cmd.arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // Config keys from the test's own environment must not leak into the child.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PUSHI_") {
+                cmd.env_remove(&name);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_pushi")));
+
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+
+        let mut server = ServerProcess {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_url: None,
+            child,
+            stderr,
+            reader: Some(reader),
+            config,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let stderr = server.stderr_text();
+            if let Some(addr) = listening_addr(&stderr) {
+                server.addr = addr;
+                server.metrics_url = match listening_field(&stderr, "metrics") {
+                    None => Some(format!("http://{addr}/metrics")),
+                    Some(url) if url.starts_with("http") => Some(url),
+                    Some(_) => None,
+                };
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                server.join_reader(Duration::from_secs(1)).await;
+                panic!(
+                    "pushi exited with {status} before listening; stderr:\n{}\nconfig:\n{text}",
+                    server.stderr_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pushi did not log its address within {START_TIMEOUT:?}; stderr:\n{}",
+                server.stderr_text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size (`VmRSS` of `/proc/<pid>/status`) in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+    }
+
+    /// Everything the child wrote to stderr so far (lossy UTF-8).
+    pub(crate) fn stderr_text(&self) -> String {
+        let buf = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Whether the child is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM (through `kill -TERM <pid>`).
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(
+            status.success(),
+            "kill -TERM {} failed: {status}",
+            self.pid()
+        );
+    }
+
+    /// Waits up to `limit` for the child to exit; its exit status, or None if it still runs.
+    /// After an exit, stderr is read to its end (bounded) so [`Self::stderr_text`] is complete.
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.join_reader(Duration::from_secs(2)).await;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for pushi: {e}"),
+            }
+        }
+    }
+
+    /// `ws://addr{path_and_query}`
+    pub(crate) fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// `http://addr{path_and_query}`
+    pub(crate) fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// Signed HTTP API client for app 1.
+    pub(crate) fn api(&self) -> Api {
+        api_at(self.addr, APP_ID, KEY, SECRET)
+    }
+
+    /// Connects to app 1 (protocol 7) and reads `pusher:connection_established`.
+    pub(crate) async fn connect(&self) -> Client {
+        connect_at(self.addr).await
+    }
+
+    /// Connects to app 1 and subscribes to the public `channel`.
+    pub(crate) async fn subscriber(&self, channel: &str) -> Client {
+        let mut c = self.connect().await;
+        c.subscribe(channel).await;
+        c
+    }
+
+    /// Waits (bounded) for the stderr reader to reach the end of the pipe.
+    async fn join_reader(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
+            let _ = self.reader.take().map(JoinHandle::join);
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+        // The pipe is closed once the child is gone, so the reader ends promptly.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// A signed HTTP API client for app `app_id` of the server at `addr`.
+pub(crate) fn api_at(addr: SocketAddr, app_id: &str, key: &str, secret: &str) -> Api {
+    Api {
+        base: format!("http://{addr}"),
+        app_id: app_id.to_string(),
+        key: key.to_string(),
+        secret: secret.to_string(),
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Publishes `name`/`data` on `channel` of app 1 at `addr` through the signed HTTP API;
+/// asserts 200 `{}`.
+pub(crate) async fn publish_at(addr: SocketAddr, channel: &str, name: &str, data: &str) {
+    api_at(addr, APP_ID, KEY, SECRET)
+        .publish(channel, name, data)
+        .await;
+}
+
+/// Connects to app 1 at `addr` (protocol 7) and reads `pusher:connection_established`.
+pub(crate) async fn connect_at(addr: SocketAddr) -> Client {
+    let url = format!("ws://{addr}/app/{KEY}?protocol=7&client=js&version=8.6.0");
+    let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {url} timed out"))
+        .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+    assert_eq!(resp.status().as_u16(), 101, "upgrade status for {url}");
+    let mut c = Client {
+        ws,
+        socket_id: String::new(),
+        key: KEY.to_string(),
+        secret: SECRET.to_string(),
+    };
+    c.established().await;
+    c
+}
+
+/// The `addr=` field of the "pushi listening" line.
+pub(crate) fn listening_addr(stderr: &str) -> Option<SocketAddr> {
+    listening_field(stderr, "addr")?.parse().ok()
+}
+
+/// Field `name` (`name=value`, a value without spaces) of the "pushi listening" line, ANSI
+/// colour codes ignored.
+pub(crate) fn listening_field(stderr: &str, name: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| l.contains("pushi listening"))?;
+    let plain = strip_ansi(line);
+    let prefix = format!("{name}=");
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
+}
+
+/// `text` without `ESC [ ... <letter>` sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
