@@ -39,6 +39,7 @@ pub(crate) const APPS: &[(&str, &str, &str)] = &[
     ("3", "disabled-key", "disabled-secret"),
     ("4", "limited-key", "limited-secret"),
     ("5", "quiet-key", "quiet-secret"),
+    ("7", "origin-key", "origin-secret"),
 ];
 
 /// The secret of a fixture app key ("" for unknown keys).

@@ -38,6 +38,8 @@ export const QUIET = { id: '5', key: 'quiet-key', secret: 'quiet-secret' };
 // App 6: client events and subscription counts on, two webhooks (every type to
 // /all, channel_vacated only to /vacated) sent to 127.0.0.1:PUSHI_WEBHOOK_PORT.
 export const WEBHOOK_APP = { id: '6', key: 'webhook-key', secret: 'webhook-secret' };
+// App 7: allowed_origins = ["https://good.example", "*.example.org"].
+export const ORIGIN_APP = { id: '7', key: 'origin-key', secret: 'origin-secret' };
 export const WEBHOOK_PORT = process.env.PUSHI_WEBHOOK_PORT ? Number(process.env.PUSHI_WEBHOOK_PORT) : null;
 
 // Values for the `skip` option of node:test.
