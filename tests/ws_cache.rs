@@ -255,3 +255,17 @@ async fn cache_entries_expire_after_cache_ttl() {
     // The existing subscriber was not sent anything on expiry.
     fresh.ping_pong().await;
 }
+
+/// A response larger than `server.max_request_head_kb` (which also sizes hyper's buffers)
+/// is written whole: a 10 KiB cache entry of quotes is 20 KiB once JSON-escaped.
+#[tokio::test]
+async fn info_cache_answers_larger_than_the_head_cap_are_whole() {
+    let server = TestServer::start_with("[server]\nmax_request_head_kb = 8\n").await;
+    let data = "\"".repeat(10 * 1024);
+    server.api().publish("cache-big", "e", &data).await;
+    let r = server
+        .api()
+        .get("channels/cache-big", &[("info", "cache")])
+        .await;
+    assert_eq!(r.ok()["cache"]["data"], serde_json::json!(data));
+}

@@ -791,3 +791,27 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribe_bucket_bursts_then_refills_at_its_rate() {
+        let mut bucket = Bucket::full(5);
+        for _ in 0..5 {
+            assert!(bucket.take(2, 5));
+        }
+        assert!(!bucket.take(2, 5), "the burst is spent");
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert!(!bucket.take(2, 5), "0.8 of a token after 400 ms at 2/s");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(bucket.take(2, 5), "one token after 500 ms at 2/s");
+        assert!(!bucket.take(2, 5));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for _ in 0..5 {
+            assert!(bucket.take(2, 5));
+        }
+        assert!(!bucket.take(2, 5), "refill is capped at the burst");
+    }
+}
