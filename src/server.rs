@@ -217,11 +217,14 @@ impl Server {
                     _ = conn.as_mut() => {}
                     // Too many pending connections: this one was the oldest.
                     _ = evicted.cancelled() => {}
+                    // A connection still without a complete first head is dropped: hyper
+                    // would wait for the rest of it. Idle keep-alive connections close at
+                    // once in graceful_shutdown; a request being answered finishes first.
                     _ = token.cancelled() => {
-                        // Idle and half-received connections close at once; a request
-                        // being answered finishes first.
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        if started.is_done() {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
                     }
                 }
                 drop(started);
@@ -358,6 +361,11 @@ impl Pending {
 }
 
 impl PendingGuard {
+    /// Whether the connection has sent a complete request head.
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// The connection sent a complete request head: it is no longer pending.
     fn complete(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
