@@ -232,7 +232,7 @@ impl Receiver {
 /// An app `7` whose webhooks go to `hooks` (TOML lines inside each `[[apps.webhooks]]`).
 fn app_toml(subscription_count: bool, hooks: &[String]) -> String {
     let mut s = format!(
-        "[[apps]]\nid = \"7\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n\
+        "[[apps]]\nid = \"17\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n\
          subscription_count = {subscription_count}\n"
     );
     for h in hooks {
@@ -465,7 +465,7 @@ async fn cache_miss_is_reported() {
     );
     // After a publish the cache is warm: no cache_miss for the next subscriber.
     server
-        .api_for("7", KEY, SECRET)
+        .api_for("17", KEY, SECRET)
         .publish(chan, "ev", "d")
         .await;
     assert_eq!(a.recv_json().await["event"], "ev");
