@@ -226,7 +226,7 @@ impl fmt::Debug for AppConfig {
 }
 
 /// `[[apps.webhooks]]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL that receives the POSTs.

@@ -16,6 +16,7 @@
 //! - [`http`]: health checks and the signed HTTP API (warp).
 //! - [`webhooks`]: debounced, batched, signed webhook deliveries with retries.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`reload`]: live app changes applied to sockets; SIGHUP reload of `[[apps]]`.
 //! - [`server`]: the listener, shared context and ordered shutdown.
 
 pub mod adapter;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod webhooks;

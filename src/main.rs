@@ -62,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
              (ulimit -n): idle connects could still exhaust descriptors"
         );
     }
+    let running = config.clone();
     let server = pushi::Server::bind(config).await?;
+    let ctx = server.context().clone();
+    tokio::spawn(pushi::reload::on_sighup(ctx, path.clone(), running));
     let metrics = server
         .metrics_addr()
         .map(|a| format!("http://{a}/metrics"))

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::adapter::{Adapter, LocalAdapter};
-use crate::apps::{AppStore, StaticAppStore};
+use crate::apps::AppStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::SocketId;
@@ -45,7 +45,7 @@ pub struct Context {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Where apps are found.
-    pub apps: Arc<dyn AppStore>,
+    pub apps: Arc<AppStore>,
     /// This node's connections and channels.
     pub registry: Registry,
     /// Cluster-wide fan-out and counts.
@@ -71,7 +71,7 @@ impl Context {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
         Context {
-            apps: Arc::new(StaticAppStore::new(&config.apps)),
+            apps: Arc::new(AppStore::new(&config.apps)),
             adapter: Arc::new(LocalAdapter::new(registry.clone())),
             registry,
             config: Arc::new(config),

@@ -39,7 +39,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::get())
         .and(with_ctx.clone())
         .then(|id: String, ctx: Context| async move {
-            match ctx.apps.find_by_id(&id).await {
+            match ctx.apps.find_by_id(&id) {
                 Some(app) if app.enabled => {
                     warp::reply::json(&serde_json::json!({"ok": true})).into_response()
                 }
@@ -67,7 +67,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              body,
              ctx: Context| async move {
                 // An unknown app costs a map lookup and nothing else: the body is not read.
-                let Some(app) = ctx.apps.find_by_id(&app_id).await else {
+                let Some(app) = ctx.apps.find_by_id(&app_id) else {
                     return ApiError::AppNotFound(app_id).into_response();
                 };
                 let head = api::Head {
@@ -100,7 +100,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
                     .find(|(k, _)| k == "auth_key")
                     .map(|(_, v)| v.into_owned());
                 let found = match &key {
-                    Some(key) => ctx.apps.find_by_key(key).await,
+                    Some(key) => ctx.apps.find_by_key(key),
                     None => None,
                 };
                 let Some(app) = found else {

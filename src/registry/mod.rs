@@ -41,6 +41,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct AppState {
     connections: AtomicUsize,
+    /// Every connection of the app on this node, so the app's sockets can all be closed.
+    conns: DashMap<SocketId, Arc<Conn>>,
     channels: DashMap<String, Channel>,
     /// Signed-in connections per user id.
     users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
@@ -76,20 +78,38 @@ impl Registry {
         self.apps.entry(app_id.to_string()).or_default().clone()
     }
 
-    /// Counts a new connection, or refuses it when the app is at `max` (0 = unlimited).
-    pub fn connect(&self, app_id: &str, max: usize) -> Result<(), Close> {
+    /// Counts and indexes a new connection, or refuses it when the app is at `max`
+    /// (0 = unlimited).
+    pub fn connect(&self, app_id: &str, max: usize, conn: &Arc<Conn>) -> Result<(), Close> {
         let app = self.app(app_id);
         let admitted = app
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (max == 0 || n < max).then_some(n + 1)
             });
-        admitted.map(|_| ()).map_err(|_| Close::OVER_QUOTA)
+        admitted.map_err(|_| Close::OVER_QUOTA)?;
+        app.conns.insert(conn.socket_id, conn.clone());
+        Ok(())
     }
 
-    /// Forgets a connection counted by [`Registry::connect`].
-    pub fn disconnect(&self, app_id: &str) {
-        self.app(app_id).connections.fetch_sub(1, Ordering::AcqRel);
+    /// Forgets a connection admitted by [`Registry::connect`].
+    pub fn disconnect(&self, app_id: &str, socket_id: SocketId) {
+        let app = self.app(app_id);
+        app.conns.remove(&socket_id);
+        app.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Asks every connection of the app on this node to close with `reason` (the app was
+    /// disabled or deleted); returns how many were asked.
+    pub fn close_app(&self, app_id: &str, reason: Close) -> usize {
+        let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
+            return 0;
+        };
+        let conns: Vec<Arc<Conn>> = app.conns.iter().map(|c| c.value().clone()).collect();
+        for conn in &conns {
+            conn.request_close(reason);
+        }
+        conns.len()
     }
 
     /// Connections of all apps on this node.
@@ -395,10 +415,17 @@ mod tests {
     #[test]
     fn quota_and_slow_consumers() {
         let reg = Registry::default();
-        assert!(reg.connect("1", 1).is_ok());
-        assert_eq!(reg.connect("1", 1), Err(Close::OVER_QUOTA));
-        reg.disconnect("1");
-        assert!(reg.connect("1", 1).is_ok());
+        let (c1, _r1) = Conn::new(SocketId(9, 1), 1);
+        let (c2, _r2) = Conn::new(SocketId(9, 2), 1);
+        assert!(reg.connect("1", 1, &c1).is_ok());
+        assert_eq!(reg.connect("1", 1, &c2), Err(Close::OVER_QUOTA));
+        reg.disconnect("1", c1.socket_id);
+        assert!(reg.connect("1", 1, &c2).is_ok());
+        // Closing the app reaches every connection it has, and only those.
+        assert_eq!(reg.close_app("1", Close::APP_DISABLED), 1);
+        let reason = futures_util::FutureExt::now_or_never(c2.close_requested());
+        assert_eq!(reason, Some(Close::APP_DISABLED));
+        assert_eq!(reg.close_app("2", Close::APP_DISABLED), 0);
 
         let (slow, _rx) = Conn::new(SocketId(1, 1), 1);
         reg.subscribe("1", "c", &slow, None, 100, false).unwrap();

@@ -76,6 +76,10 @@ where
     };
     let socket_id = ctx.next_socket_id();
     let (conn, rx) = Conn::new(socket_id, ctx.config.server.max_queued_messages);
+    if let Err(close) = ctx.registry.connect(&app.id, app.max_connections, &conn) {
+        close_with(&mut ws, close).await;
+        return;
+    }
     let auth_deadline = app
         .authorized_connections
         .then(|| Instant::now() + Duration::from_secs(ctx.config.server.authorization_timeout));
@@ -102,7 +106,7 @@ where
     tracing::debug!(socket_id = %session.socket, app = %session.app.id, "connected");
     let end = session.serve().await;
     session.cleanup();
-    ctx.registry.disconnect(&session.app.id);
+    ctx.registry.disconnect(&session.app.id, socket_id);
     tracing::debug!(socket_id = %session.socket, "disconnected");
     if let End::Close(close) = end {
         // Frames the client had not received yet are dropped, so that the error and the
@@ -114,7 +118,8 @@ where
     }
 }
 
-/// Checks path, protocol, app, origin and quota; counts the connection when admitted.
+/// Checks path, protocol, app and origin (the quota is checked when the connection is
+/// counted).
 async fn admit(ctx: &Context, handshake: &Handshake) -> Result<Arc<App>, Close> {
     let key = handshake
         .path
@@ -122,18 +127,13 @@ async fn admit(ctx: &Context, handshake: &Handshake) -> Result<Arc<App>, Close> 
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .ok_or(Close::PATH_NOT_FOUND)?;
     protocol_version(handshake.query.as_deref())?;
-    let app = ctx
-        .apps
-        .find_by_key(key)
-        .await
-        .ok_or(Close::APP_NOT_FOUND)?;
+    let app = ctx.apps.find_by_key(key).ok_or(Close::APP_NOT_FOUND)?;
     if !app.enabled {
         return Err(Close::APP_DISABLED);
     }
     if !crate::origin::allowed(&app.allowed_origins, handshake.origin.as_deref()) {
         return Err(Close::ORIGIN_NOT_ALLOWED);
     }
-    ctx.registry.connect(&app.id, app.max_connections)?;
     Ok(app)
 }
 
@@ -354,6 +354,13 @@ where
                 Step::Stop(reason) => return End::Close(reason),
                 Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
                 Step::Io(Io::Inbound(msg)) => {
+                    // Every check reads the app as it is now: a rotated secret, a switch or a
+                    // webhook changed since the handshake applies at once.
+                    match self.ctx.apps.find_by_id(&self.app.id) {
+                        Some(app) if app.enabled => self.app = app,
+                        Some(_) => return End::Close(Close::APP_DISABLED),
+                        None => return End::Close(Close::APP_NOT_FOUND),
+                    }
                     idle.as_mut().reset(Instant::now() + activity);
                     pinged = false;
                     // Boxed: the handlers' state lives on the heap only while a frame is

@@ -153,6 +153,25 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The config file the process was started with (tests rewrite it before a SIGHUP).
+    pub(crate) fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Sends SIGHUP (through `kill -HUP <pid>`): the server re-reads its `[[apps]]`.
+    pub(crate) fn hangup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -HUP");
+        assert!(
+            status.success(),
+            "kill -HUP {} failed: {status}",
+            self.pid()
+        );
+    }
+
     /// Sends SIGTERM (through `kill -TERM <pid>`).
     pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
