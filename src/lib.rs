@@ -2,10 +2,11 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← `adapter` ←
-//! {`session`, `http`, `webhooks`} ← `server` ← `main`. `config` is passed in, never read globally.
+//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← {`adapter`,
+//! `webhooks`} ← `context` ← {`session`, `http`, `reload`} ← `server` ← `main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
+//! - [`context`]: the shared state every task gets, built apart from the server.
 //! - [`protocol`]: Pusher wire types and rules; no I/O.
 //! - [`auth`]: channel, user, API-request and webhook signatures.
 //! - [`apps`]: the `App` record and the `AppStore` seam.
@@ -23,6 +24,7 @@ pub mod adapter;
 pub mod apps;
 pub mod auth;
 pub mod config;
+pub mod context;
 pub mod http;
 pub mod metrics;
 pub mod origin;

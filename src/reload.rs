@@ -12,8 +12,8 @@ use std::path::Path;
 
 use crate::apps::AppChanges;
 use crate::config::{self, Config};
+use crate::context::Context;
 use crate::protocol::Close;
-use crate::server::Context;
 
 /// Closes the sockets of disabled and deleted apps and logs the change.
 pub fn apply(ctx: &Context, changes: &AppChanges) {

@@ -28,68 +28,14 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::adapter::{Adapter, LocalAdapter};
+use crate::adapter::Adapter;
 use crate::apps::AppStore;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::protocol::SocketId;
+pub use crate::context::Context;
+use crate::context::MakeAdapter;
 use crate::registry::Registry;
-use crate::webhooks::Webhooks;
-
-/// Everything a session or request handler needs; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Context {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// Where apps are found.
-    pub apps: Arc<AppStore>,
-    /// This node's connections and channels.
-    pub registry: Registry,
-    /// Cluster-wide fan-out and counts.
-    pub adapter: Arc<dyn Adapter>,
-    /// Cancelled when the server shuts down.
-    pub shutdown: CancellationToken,
-    /// Every spawned task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// The webhook queue.
-    pub webhooks: Webhooks,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
-    node: u64,
-    next_socket: Arc<AtomicU64>,
-}
-
-impl Context {
-    /// A context over the static app store and the local adapter; starts the webhook
-    /// worker (so it must be called inside a tokio runtime).
-    pub fn new(config: Config) -> Context {
-        let registry = Registry::default();
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let metrics = Arc::new(Metrics::default());
-        Context {
-            apps: Arc::new(AppStore::new(&config.apps)),
-            adapter: Arc::new(LocalAdapter::new(registry.clone())),
-            registry,
-            config: Arc::new(config),
-            webhooks: Webhooks::start(&tracker, shutdown.clone(), metrics.clone()),
-            metrics,
-            shutdown,
-            tracker,
-            // Random per process so that socket ids from different nodes do not collide.
-            node: u64::from(rand::random::<u32>()),
-            next_socket: Arc::new(AtomicU64::new(1)),
-        }
-    }
-
-    /// A fresh socket id.
-    pub fn next_socket_id(&self) -> SocketId {
-        SocketId(self.node, self.next_socket.fetch_add(1, Ordering::Relaxed))
-    }
-}
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -97,6 +43,43 @@ pub struct Server {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     ctx: Context,
+}
+
+/// Builds a [`Server`]: by default the apps of the config file and the local adapter.
+#[must_use]
+pub struct ServerBuilder {
+    config: Config,
+    apps: Option<Arc<AppStore>>,
+    adapter: Option<MakeAdapter>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder").finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Serves these apps instead of the config file's `[[apps]]`.
+    pub fn apps(mut self, apps: Arc<AppStore>) -> ServerBuilder {
+        self.apps = Some(apps);
+        self
+    }
+
+    /// Fans out through the adapter `make` builds over this node's registry.
+    pub fn adapter(
+        mut self,
+        make: impl FnOnce(Registry) -> Arc<dyn Adapter> + Send + 'static,
+    ) -> ServerBuilder {
+        self.adapter = Some(Box::new(make));
+        self
+    }
+
+    /// Binds the listeners (see [`Server::bind`]).
+    pub async fn bind(self) -> Result<Server, BindError> {
+        let ctx = Context::build(self.config, self.apps, self.adapter);
+        Server::bind_context(ctx).await
+    }
 }
 
 /// Why the server could not bind.
@@ -120,8 +103,23 @@ async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListene
 
 impl Server {
     /// Binds `server.host:server.port` and, when enabled, `metrics.host:metrics.port`
-    /// (port 0 picks a free one).
+    /// (port 0 picks a free one), over the config file's apps and the local adapter.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
+        Server::builder(config).bind().await
+    }
+
+    /// A server whose app store and adapter can be chosen (tests and other app sources
+    /// inject them).
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            apps: None,
+            adapter: None,
+            config,
+        }
+    }
+
+    async fn bind_context(ctx: Context) -> Result<Server, BindError> {
+        let config = &ctx.config;
         let s = &config.server;
         let listener = bind_one("server.host:server.port", &s.host, s.port).await?;
         let m = &config.metrics;
@@ -132,7 +130,7 @@ impl Server {
         Ok(Server {
             listener,
             metrics,
-            ctx: Context::new(config),
+            ctx,
         })
     }
 

@@ -13,9 +13,9 @@ use super::ApiError;
 use crate::apps::App;
 use crate::auth;
 use crate::config::LimitsConfig;
+use crate::context::Context;
 use crate::protocol::{message, ChannelKind, ChannelName, SocketId, MAX_EVENT_NAME_LEN};
 use crate::registry::{ChannelStats, Frame};
-use crate::server::Context;
 
 /// A request head as received, before any check (all of it is signed).
 #[derive(Debug, Clone, Copy)]

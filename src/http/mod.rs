@@ -25,7 +25,7 @@ pub use error::ApiError;
 
 use crate::apps::App;
 use crate::auth::RequestError;
-use crate::server::Context;
+use crate::context::Context;
 
 /// All HTTP routes.
 pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {

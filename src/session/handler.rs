@@ -31,12 +31,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::apps::App;
 use crate::auth;
+use crate::context::Context;
 use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
     codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
 };
 use crate::registry::{Change, Conn, Frame};
-use crate::server::Context;
 use crate::session::{Handshake, WriteMeter};
 use crate::webhooks::Event;
 

@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 pub use handler::run;
 pub use meter::{Metered, WriteMeter};
 
-use crate::server::Context;
+use crate::context::Context;
 
 /// Initial size of tungstenite's read buffer, allocated per connection. Pusher frames are
 /// small; a larger frame grows the buffer as needed, so a small initial size costs nothing in

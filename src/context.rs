@@ -1,0 +1,89 @@
+//! [`Context`]: what every session, request handler and background task shares (config,
+//! apps, registry, adapter, shutdown, task tracker, webhooks, metrics).
+//!
+//! Owns: building the shared state and socket ids. Must not touch: listeners, protocol rules.
+//! It lives apart from `server` so that `session` and `http` depend on it without depending
+//! on the server that depends on them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapter::{Adapter, LocalAdapter};
+use crate::apps::AppStore;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::SocketId;
+use crate::registry::Registry;
+use crate::webhooks::Webhooks;
+
+/// Builds the adapter over this node's registry.
+pub(crate) type MakeAdapter = Box<dyn FnOnce(Registry) -> Arc<dyn Adapter> + Send>;
+
+/// Everything a session or request handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Where apps are found.
+    pub apps: Arc<AppStore>,
+    /// This node's connections and channels.
+    pub registry: Registry,
+    /// Cluster-wide fan-out and counts.
+    pub adapter: Arc<dyn Adapter>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// The webhook queue.
+    pub webhooks: Webhooks,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    node: u64,
+    next_socket: Arc<AtomicU64>,
+}
+
+impl Context {
+    /// A context over the config file's apps and the local adapter; starts the webhook
+    /// worker (so it must be called inside a tokio runtime).
+    pub fn new(config: Config) -> Context {
+        Context::build(config, None, None)
+    }
+
+    /// A context over `apps` (default: the config file's) and the adapter `adapter` builds
+    /// over the registry (default: local); starts the webhook worker.
+    pub(crate) fn build(
+        config: Config,
+        apps: Option<Arc<AppStore>>,
+        adapter: Option<MakeAdapter>,
+    ) -> Context {
+        let registry = Registry::default();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        let adapter = match adapter {
+            Some(make) => make(registry.clone()),
+            None => Arc::new(LocalAdapter::new(registry.clone())) as Arc<dyn Adapter>,
+        };
+        Context {
+            apps: apps.unwrap_or_else(|| Arc::new(AppStore::new(&config.apps))),
+            adapter,
+            registry,
+            config: Arc::new(config),
+            webhooks: Webhooks::start(&tracker, shutdown.clone(), metrics.clone()),
+            metrics,
+            shutdown,
+            tracker,
+            // Random per process so that socket ids from different nodes do not collide.
+            node: u64::from(rand::random::<u32>()),
+            next_socket: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// A fresh socket id.
+    pub fn next_socket_id(&self) -> SocketId {
+        SocketId(self.node, self.next_socket.fetch_add(1, Ordering::Relaxed))
+    }
+}
