@@ -132,11 +132,6 @@ impl AppStore {
         self.snapshot.load().by_id.get(id).cloned()
     }
 
-    /// Every app.
-    pub fn all(&self) -> Vec<Arc<App>> {
-        self.snapshot.load().by_id.values().cloned().collect()
-    }
-
     /// Replaces every app with `apps` (validated) and says what changed.
     pub fn replace(&self, apps: &[AppConfig]) -> AppChanges {
         let mut next = Snapshot::default();

@@ -252,42 +252,6 @@ async fn drain_to_end(ws: &mut RawWs, what: &str) {
         .unwrap_or_else(|_| panic!("{what}: the server did not close the TCP connection"));
 }
 
-/// Reads the refusal of a subscription to `channel` over a limit: `pusher:error` with `code`
-/// and `pusher:subscription_error` for the channel, in either order.
-async fn expect_limit_refusal(c: &mut Client, channel: &str, code: u16) {
-    let a = c.recv_json().await;
-    assert_ne!(
-        a["event"], "pusher_internal:subscription_succeeded",
-        "subscription to {channel} should have been refused with {code}: {a}"
-    );
-    let b = c.recv_json().await;
-    let (err, sub) = if a["event"] == "pusher:error" {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    assert_eq!(err["event"], "pusher:error", "{err}");
-    assert_eq!(err["data"]["code"], json!(code), "pusher:error code: {err}");
-    assert!(
-        err["data"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{err}"
-    );
-    assert_eq!(sub["event"], "pusher:subscription_error", "{sub}");
-    assert_eq!(sub["channel"], channel, "{sub}");
-    let data: Value = serde_json::from_str(sub["data"].as_str().expect("string data"))
-        .unwrap_or_else(|_| panic!("data must be JSON text: {sub}"));
-    assert!(
-        data["status"].as_u64().is_some_and(|s| s >= 400),
-        "status: {sub}"
-    );
-    assert!(
-        data["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{sub}"
-    );
-}
-
 // ---------------------------------------------------------------------------------------
 // 1-3: clients that stop reading
 // ---------------------------------------------------------------------------------------
@@ -549,7 +513,7 @@ async fn subscriptions_per_connection_are_limited() {
     }
     let sixth = unique("lim-");
     c.send_subscribe(&sixth, "", None).await;
-    expect_limit_refusal(&mut c, &sixth, 4300).await;
+    c.expect_subscription_refusal(&sixth, Some(4300), 429).await;
     // The connection stays open and its five channels still deliver.
     c.ping_pong().await;
     for ch in &chans {
@@ -575,7 +539,8 @@ async fn subscriptions_per_connection_are_limited() {
     // Now at five again: one more new channel is refused.
     let seventh = unique("lim-");
     c.send_subscribe(&seventh, "", None).await;
-    expect_limit_refusal(&mut c, &seventh, 4300).await;
+    c.expect_subscription_refusal(&seventh, Some(4300), 429)
+        .await;
     server.assert_delivers(&chans[4], &mut [&mut c]).await;
 }
 
@@ -595,7 +560,8 @@ async fn subscribe_rate_is_limited_per_connection() {
     for ch in &chans[..5] {
         assert_eq!(c.expect_subscribed(ch).await, json!({}));
     }
-    expect_limit_refusal(&mut c, &chans[5], 4301).await;
+    c.expect_subscription_refusal(&chans[5], Some(4301), 429)
+        .await;
     let refused_at = Instant::now();
     // Another connection is not affected.
     let mut other = server.subscriber(&chans[5]).await;

@@ -626,6 +626,17 @@ impl Client {
     /// Expects the refusal of a subscription to `channel`: `pusher:error` (code null) and
     /// `pusher:subscription_error` with `status`, in either order. Returns the error message.
     pub(crate) async fn expect_subscription_error(&mut self, channel: &str, status: u16) -> String {
+        self.expect_subscription_refusal(channel, None, status)
+            .await
+    }
+
+    /// [`Client::expect_subscription_error`] with the `pusher:error` code (limits: 4300, 4301).
+    pub(crate) async fn expect_subscription_refusal(
+        &mut self,
+        channel: &str,
+        code: Option<u16>,
+        status: u16,
+    ) -> String {
         let a = self.recv_json().await;
         assert_ne!(
             a["event"], "pusher_internal:subscription_succeeded",
@@ -642,7 +653,7 @@ impl Client {
             err["data"].is_object(),
             "pusher:error data must be an object: {err}"
         );
-        assert_eq!(err["data"]["code"], Value::Null, "{err}");
+        assert_eq!(err["data"]["code"], json!(code), "{err}");
         let msg = err["data"]["message"].as_str().unwrap_or("").to_string();
         assert!(!msg.is_empty(), "{err}");
         assert_eq!(sub["event"], "pusher:subscription_error", "{sub}");

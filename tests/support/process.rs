@@ -47,6 +47,12 @@ impl ServerProcess {
 
     /// Starts the binary on this exact config text.
     pub(crate) async fn start_text(text: String) -> ServerProcess {
+        ServerProcess::spawn(text, None).await
+    }
+
+    /// Starts the binary on `text`, through `prlimit --nofile=N:N --` when `nofile` is set,
+    /// and waits (bounded) until it logs its address.
+    async fn spawn(text: String, nofile: Option<u64>) -> ServerProcess {
         static N: AtomicU64 = AtomicU64::new(0);
         let config = std::env::temp_dir().join(format!(
             "pushi-test-{}-{}.toml",
@@ -56,7 +62,17 @@ impl ServerProcess {
         std::fs::write(&config, &text)
             .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushi"));
+        let mut cmd = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_pushi")),
+            Some(n) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_pushi"));
+                prlimit
+            }
+        };
         cmd.arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -70,9 +86,12 @@ impl ServerProcess {
                 cmd.env_remove(&name);
             }
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_pushi")));
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawn {} (prlimit: {nofile:?}): {e}",
+                env!("CARGO_BIN_EXE_pushi")
+            )
+        });
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut pipe = child.stderr.take().expect("stderr is piped");
@@ -341,85 +360,7 @@ impl ServerProcess {
 
     /// [`ServerProcess::start_text`] under `prlimit --nofile=N:N`.
     pub(crate) async fn start_text_with_nofile(text: String, nofile: u64) -> ServerProcess {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let config = std::env::temp_dir().join(format!(
-            "pushi-test-nofile-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&config, &text)
-            .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
-
-        let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_pushi"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PUSHI_") {
-                cmd.env_remove(&name);
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn prlimit (util-linux) for pushi: {e}"));
-
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-
-        let mut server = ServerProcess {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics_url: None,
-            child,
-            stderr,
-            reader: Some(reader),
-            config,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let stderr = server.stderr_text();
-            if let Some(addr) = listening_addr(&stderr) {
-                server.addr = addr;
-                server.metrics_url = match listening_field(&stderr, "metrics") {
-                    None => Some(format!("http://{addr}/metrics")),
-                    Some(url) if url.starts_with("http") => Some(url),
-                    Some(_) => None,
-                };
-                return server;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                server.join_reader(Duration::from_secs(1)).await;
-                panic!(
-                    "prlimit/pushi exited with {status} before listening; stderr:\n{}\nconfig:\n{text}",
-                    server.stderr_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pushi did not log its address within {START_TIMEOUT:?}; stderr:\n{}",
-                server.stderr_text()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        ServerProcess::spawn(text, Some(nofile)).await
     }
 
     /// The child's (soft, hard) limit on open files, from `/proc/<pid>/limits`.
