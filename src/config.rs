@@ -38,7 +38,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where `/metrics` is served.
     pub metrics: MetricsConfig,
-    /// The apps served by the static app store.
+    /// The MongoDB app registry; without it, apps come from `[[apps]]` alone.
+    pub mongodb: Option<MongoConfig>,
+    /// Apps declared in the config file (with `[mongodb]`, served beside the registry's).
     pub apps: Vec<AppConfig>,
 }
 
@@ -159,8 +161,89 @@ impl Default for MetricsConfig {
     }
 }
 
-/// `[[apps]]`: one Pusher app.
+/// `[mongodb]`: the app registry. TLS and authentication go in the URI
+/// (`mongodb://user:pass@host/?tls=true&authSource=admin`), as with every MongoDB driver.
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// Connection string, `mongodb://` or `mongodb+srv://`. Its password is never logged.
+    pub uri: String,
+    /// Database holding the `apps` collection.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Seconds to open a connection to a server.
+    #[serde(default = "five")]
+    pub connect_timeout: u64,
+    /// Seconds an operation waits for a reachable server before it fails.
+    #[serde(default = "five")]
+    pub server_selection_timeout: u64,
+    /// Seconds startup keeps retrying an unreachable registry before pushi exits non-zero.
+    #[serde(default = "thirty")]
+    pub startup_timeout: u64,
+    /// Follow changes through a change stream (needs a replica set or sharded cluster); when
+    /// false, or when the server offers none, poll every `poll_interval` seconds instead.
+    #[serde(default = "yes")]
+    pub change_stream: bool,
+    /// Seconds between two reads of the whole collection when polling.
+    #[serde(default = "one")]
+    pub poll_interval: u64,
+}
+
+fn default_database() -> String {
+    "pushi".into()
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn five() -> u64 {
+    5
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+impl fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &redact_uri(&self.uri))
+            .field("database", &self.database)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("server_selection_timeout", &self.server_selection_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("change_stream", &self.change_stream)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+/// A connection string with its password replaced by `***`, for logs and errors.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    // The userinfo ends at the last '@' before the first '/' (a password may contain '@'
+    // only percent-encoded, but be generous).
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            let password = authority[..at].contains(':');
+            format!(
+                "{scheme}://{user}{}@{}",
+                if password { ":***" } else { "" },
+                &rest[at + 1..]
+            )
+        }
+        None => uri.to_string(),
+    }
+}
+
+/// `[[apps]]`: one Pusher app.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// App id, used in HTTP API paths. A string; keep it numeric for the Python SDK.
@@ -202,6 +285,107 @@ fn yes() -> bool {
 
 fn ten() -> u32 {
     10
+}
+
+impl AppConfig {
+    /// An app with these credentials and every other setting at its default (as an
+    /// `[[apps]]` table with only `id`, `key` and `secret`).
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        AppConfig {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            subscription_count: false,
+            authorized_connections: false,
+            max_connections: 0,
+            max_client_events_per_second: ten(),
+            webhooks: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+
+    /// What is wrong with this app on its own, one `field: problem` line each (uniqueness
+    /// across apps is the caller's to check). Used for `[[apps]]` and registry documents.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("id", &self.id),
+            ("key", &self.key),
+            ("secret", &self.secret),
+        ] {
+            if value.is_empty() {
+                problems.push(format!("{field}: must not be empty"));
+            }
+        }
+        for (field, value) in [("id", &self.id), ("key", &self.key)] {
+            // Both appear in URL paths (`/apps/{id}`, `/app/{key}`) and in log lines.
+            if !value.is_empty() && !value.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+                problems.push(format!(
+                    "{field}: only printable ASCII without '/' is allowed"
+                ));
+            }
+        }
+        for (j, pattern) in self.allowed_origins.iter().enumerate() {
+            if let Err(why) = crate::origin::OriginPattern::parse(pattern) {
+                problems.push(format!("allowed_origins[{j}]: {why}"));
+            }
+        }
+        for (j, hook) in self.webhooks.iter().enumerate() {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                problems.push(format!(
+                    "webhooks[{j}].url: must start with http:// or https://"
+                ));
+            }
+            for t in &hook.event_types {
+                if !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
+                    problems.push(format!(
+                        "webhooks[{j}].event_types: unknown type {t:?} (known: {})",
+                        WEBHOOK_EVENT_TYPES.join(", ")
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl MongoConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            problems.push(format!(
+                "mongodb.uri: must start with mongodb:// or mongodb+srv:// (got {:?})",
+                redact_uri(&self.uri)
+            ));
+        }
+        // MongoDB's own rules for database names.
+        if self.database.is_empty()
+            || self.database.len() > 63
+            || self
+                .database
+                .contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+        {
+            problems.push(
+                "mongodb.database: 1 to 63 characters, none of / \\ . space \" $".to_string(),
+            );
+        }
+        for (name, value) in [
+            ("mongodb.connect_timeout", self.connect_timeout),
+            (
+                "mongodb.server_selection_timeout",
+                self.server_selection_timeout,
+            ),
+            ("mongodb.startup_timeout", self.startup_timeout),
+            ("mongodb.poll_interval", self.poll_interval),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        problems
+    }
 }
 
 impl fmt::Debug for AppConfig {
@@ -277,7 +461,7 @@ fn extract(figment: Figment) -> Result<Config, Error> {
 }
 
 /// Keys whose values are never printed, not even in an error about their own value.
-const SECRET_KEYS: &[&str] = &["secret"];
+const SECRET_KEYS: &[&str] = &["secret", "uri"];
 
 /// figment's errors quote the offending value ("found unsigned int `12345`"); for a secret
 /// key that value is the secret, so it is dropped from the message. TOML syntax errors quote
@@ -389,42 +573,16 @@ impl Config {
         }
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
+        if let Some(mongo) = &self.mongodb {
+            problems.extend(mongo.problems());
+        }
         for (i, app) in self.apps.iter().enumerate() {
-            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
-                if value.is_empty() {
-                    problems.push(format!("apps[{i}].{field}: must not be empty"));
-                }
-            }
-            if !app.key.is_empty() && !app.key.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-                problems.push(format!(
-                    "apps[{i}].key: only printable ASCII without '/' is allowed"
-                ));
-            }
+            problems.extend(app.problems().into_iter().map(|p| format!("apps[{i}].{p}")));
             if !ids.insert(app.id.as_str()) {
                 problems.push(format!("apps[{i}].id: duplicate app id {:?}", app.id));
             }
             if !keys.insert(app.key.as_str()) {
                 problems.push(format!("apps[{i}].key: duplicate app key {:?}", app.key));
-            }
-            for (j, pattern) in app.allowed_origins.iter().enumerate() {
-                if let Err(why) = crate::origin::OriginPattern::parse(pattern) {
-                    problems.push(format!("apps[{i}].allowed_origins[{j}]: {why}"));
-                }
-            }
-            for (j, hook) in app.webhooks.iter().enumerate() {
-                if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
-                    problems.push(format!(
-                        "apps[{i}].webhooks[{j}].url: must start with http:// or https://"
-                    ));
-                }
-                for t in &hook.event_types {
-                    if !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
-                        problems.push(format!(
-                            "apps[{i}].webhooks[{j}].event_types: unknown type {t:?} (known: {})",
-                            WEBHOOK_EVENT_TYPES.join(", ")
-                        ));
-                    }
-                }
             }
         }
         if problems.is_empty() {

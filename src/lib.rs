@@ -3,13 +3,15 @@
 //! # Layout
 //!
 //! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← {`adapter`,
-//! `webhooks`} ← `context` ← {`session`, `http`, `reload`} ← `server` ← `main`. `config` is passed in, never read globally.
+//! `webhooks`} ← `context` ← {`session`, `http`, `reload`} ← `server` ← `cli`/`main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
 //! - [`context`]: the shared state every task gets, built apart from the server.
 //! - [`protocol`]: Pusher wire types and rules; no I/O.
 //! - [`auth`]: channel, user, API-request and webhook signatures.
-//! - [`apps`]: the `App` record and the `AppStore` seam.
+//! - [`apps`]: the `App` record, the `AppStore` snapshot merged from `[[apps]]` and the
+//!   MongoDB registry (`apps::mongo`, followed live by `apps::sync`).
+//! - [`cli`]: argument parsing and `pushi apps`.
 //! - [`origin`]: `allowed_origins` patterns and the handshake's `Origin` check.
 //! - [`registry`]: this node's connections, channels and presence members.
 //! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
@@ -23,6 +25,7 @@
 pub mod adapter;
 pub mod apps;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod http;

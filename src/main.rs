@@ -1,50 +1,58 @@
-//! The `pushi` binary: arguments, logging, config, then the server until ctrl-c or SIGTERM.
+//! The `pushi` binary: arguments, logging, config, then the server until ctrl-c or SIGTERM,
+//! or one `pushi apps` action against the MongoDB registry.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// The config used when neither `--config` nor `PUSHI_CONFIG` is given.
-const DEFAULT_CONFIG: &str = "config.toml";
+use pushi::apps::mongo::Registry;
+use pushi::apps::{sync, AppStore};
+use pushi::cli::{Args, Command};
+use pushi::Config;
 
-fn config_path() -> anyhow::Result<Option<PathBuf>> {
-    let mut args = std::env::args().skip(1);
-    let mut path = std::env::var_os("PUSHI_CONFIG").map(PathBuf::from);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                let value = args.next().context("--config needs a file name")?;
-                path = Some(PathBuf::from(value));
-            }
-            "--help" | "-h" => {
-                println!("usage: pushi [--config FILE]\n\nFILE defaults to $PUSHI_CONFIG, then ./config.toml.\nEnvironment variables PUSHI_<SECTION>__<KEY> override the file.");
-                std::process::exit(0);
-            }
-            other => anyhow::bail!("unknown argument {other:?} (usage: pushi [--config FILE])"),
-        }
-    }
-    if path.is_none() && std::path::Path::new(DEFAULT_CONFIG).is_file() {
-        path = Some(PathBuf::from(DEFAULT_CONFIG));
-    }
-    Ok(path)
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let path = config_path()?;
-    let config =
-        pushi::config::load(path.as_deref()).context("could not load the configuration")?;
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let path = args.config_path();
     let source = path
         .as_ref()
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "built-in defaults".into());
+        .unwrap_or_else(|| "built-in defaults (no config file)".into());
+    let runtime = tokio::runtime::Runtime::new().context("could not start the runtime")?;
+    match args.command {
+        None | Some(Command::Serve) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config =
+                pushi::config::load(path.as_deref()).context("could not load the configuration")?;
+            runtime.block_on(serve(config, path.as_deref(), &source))
+        }
+        Some(Command::Apps { json, action }) => {
+            // The CLI prints its own messages; only warnings from libraries are logged.
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .init();
+            let config = match pushi::config::load(path.as_deref()) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("pushi apps: could not load the configuration: {err}");
+                    std::process::exit(pushi::cli::exit::FAILED);
+                }
+            };
+            let code = runtime.block_on(pushi::cli::apps::run(&config, &source, action, json));
+            std::process::exit(code);
+        }
+    }
+}
+
+async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Result<()> {
     let apps: Vec<String> = config
         .apps
         .iter()
@@ -62,10 +70,29 @@ async fn main() -> anyhow::Result<()> {
              (ulimit -n): idle connects could still exhaust descriptors"
         );
     }
+    // A URI the driver refuses stops startup before anything listens.
+    let registry = match &config.mongodb {
+        Some(mongo) => Some((
+            Registry::open(mongo).await.context("invalid [mongodb]")?,
+            mongo.clone(),
+        )),
+        None => None,
+    };
+    let store = Arc::new(match registry {
+        Some(_) => AppStore::awaiting_registry(&config.apps),
+        None => AppStore::new(&config.apps),
+    });
     let running = config.clone();
-    let server = pushi::Server::bind(config).await?;
+    let server = pushi::Server::builder(config)
+        .apps(store.clone())
+        .bind()
+        .await?;
     let ctx = server.context().clone();
-    tokio::spawn(pushi::reload::on_sighup(ctx, path.clone(), running));
+    tokio::spawn(pushi::reload::on_sighup(
+        ctx.clone(),
+        path.map(Path::to_path_buf),
+        running,
+    ));
     let metrics = server
         .metrics_addr()
         .map(|a| format!("http://{a}/metrics"))
@@ -80,6 +107,51 @@ async fn main() -> anyhow::Result<()> {
         server.local_addr(),
         server.local_addr()
     );
-    server.run(pushi::server::shutdown_signal()).await;
-    Ok(())
+
+    // With a registry, the first load runs while the server already answers (`/ready` is
+    // 503 until it is done); if it cannot be done, the server stops and pushi exits non-zero.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    if let Some((registry, mongo)) = registry {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let uri = registry.uri().to_string();
+        let apply_ctx = ctx.clone();
+        let on_change: sync::OnChange =
+            Arc::new(move |changes| pushi::reload::apply(&apply_ctx, changes));
+        tokio::spawn(sync::run(
+            registry,
+            store,
+            mongo,
+            on_change,
+            ctx.shutdown.clone(),
+            first_tx,
+        ));
+        tracing::info!(uri = %uri, "loading apps from MongoDB");
+        tokio::spawn(async move {
+            match first_rx.await {
+                Ok(Ok(count)) => {
+                    tracing::info!(uri = %uri, apps = count, "apps loaded from MongoDB; ready")
+                }
+                Ok(Err(why)) => {
+                    let _ = failed_tx.send(why);
+                }
+                Err(_) => {}
+            }
+        });
+    }
+    let mut failure = None;
+    server
+        .run(async {
+            tokio::select! {
+                _ = pushi::server::shutdown_signal() => {}
+                Ok(why) = failed_rx => {
+                    tracing::error!("{why}");
+                    failure = Some(why);
+                }
+            }
+        })
+        .await;
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }

@@ -52,6 +52,10 @@ pub fn reload(
             "metrics",
             section(&running.metrics) != section(&next.metrics),
         ),
+        (
+            "mongodb",
+            section(&running.mongodb) != section(&next.mongodb),
+        ),
     ];
     let stale: Vec<&str> = sections
         .iter()
@@ -64,7 +68,9 @@ pub fn reload(
             "config reload: these sections changed and need a restart; only [[apps]] was applied"
         );
     }
-    let changes = ctx.apps.replace(&next.apps);
+    let changes = ctx.apps.set_file(&next.apps).map_err(|conflicts| {
+        config::Error::Invalid(conflicts.into_iter().map(|c| c.message).collect())
+    })?;
     apply(ctx, &changes);
     Ok(changes)
 }

@@ -48,7 +48,9 @@ async fn an_injected_store_drives_live_sockets() {
 
     // Disabling the app in the store and applying the change closes its socket with 4003.
     let disabled = format!("{only}enabled = false\n");
-    let changes = store.replace(&pushi::config::from_toml(&disabled).unwrap().apps);
+    let changes = store
+        .set_file(&pushi::config::from_toml(&disabled).unwrap().apps)
+        .unwrap();
     assert_eq!(changes.disabled, vec!["40"]);
     pushi::reload::apply(&ctx, &changes);
     live.expect_fatal(4003).await;

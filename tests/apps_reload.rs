@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::process::{api_at, ServerProcess};
@@ -47,19 +47,6 @@ fn reload(server: &ServerProcess, text: &str) {
     server.hangup();
 }
 
-/// Polls (bounded) until `what` shows in the server's log `times` times.
-async fn logged(server: &ServerProcess, what: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.stderr_text().matches(what).count() < times {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {what:?} ({times}x):\n{}",
-            server.stderr_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn event(channel: &str, name: &str) -> serde_json::Value {
     json!({"name": name, "channel": channel, "data": "{}"})
 }
@@ -82,7 +69,9 @@ async fn sighup_applies_rotations_disables_and_removals_to_live_sockets() {
         &server,
         &text(&app8("new-secret", true), "[server]\nwrite_timeout = 7\n"),
     );
-    logged(&server, "apps changed", 1).await;
+    server
+        .logged("apps changed", 1, Duration::from_secs(5))
+        .await;
     assert!(
         server.stderr_text().contains("sections=server"),
         "{}",
@@ -111,7 +100,9 @@ async fn sighup_applies_rotations_disables_and_removals_to_live_sockets() {
             "",
         ),
     );
-    logged(&server, "config reload refused", 1).await;
+    server
+        .logged("config reload refused", 1, Duration::from_secs(5))
+        .await;
     let log = server.stderr_text();
     assert!(log.contains("secret"), "{log}");
     assert_eq!(
@@ -140,7 +131,9 @@ async fn sighup_applies_rotations_disables_and_removals_to_live_sockets() {
 
     // Enable again, then remove: the app's sockets get 4001, the API 404.
     reload(&server, &text(&app8("new-secret", true), ""));
-    logged(&server, "apps changed", 3).await;
+    server
+        .logged("apps changed", 3, Duration::from_secs(5))
+        .await;
     let mut again = connect(&server, "new-secret").await;
     reload(&server, &text("", ""));
     again.expect_fatal(4001).await;

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The server is shutting down (503).
     #[error("Server is shutting down")]
     ShuttingDown,
+    /// The app registry has not been read yet (503).
+    #[error("Apps are still loading from the registry; try again shortly")]
+    NotReady,
 }
 
 impl ApiError {
@@ -52,7 +55,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -48,6 +48,14 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
             }
         });
 
+    // Readiness: 503 until the app registry has been read once; afterwards 200, with the
+    // registry's state (a registry outage is reported here but does not make the node
+    // unready: it keeps serving the apps it has).
+    let ready = warp::path!("ready")
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .map(|ctx: Context| ready_response(&ctx));
+
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
     let api = warp::path("apps")
@@ -68,6 +76,9 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              ctx: Context| async move {
                 // An unknown app costs a map lookup and nothing else: the body is not read.
                 let Some(app) = ctx.apps.find_by_id(&app_id) else {
+                    if !ctx.apps.is_loaded() {
+                        return ApiError::NotReady.into_response();
+                    }
                     return ApiError::AppNotFound(app_id).into_response();
                 };
                 let head = api::Head {
@@ -123,6 +134,8 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
 
     up.or(up_app)
         .unify()
+        .or(ready)
+        .unify()
         .or(api)
         .unify()
         .or(terminate_unprefixed)
@@ -143,6 +156,30 @@ pub fn metrics_routes(
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"ok": true})).into_response());
     metrics.or(up).unify().recover(error::recover).unify()
+}
+
+fn ready_response(ctx: &Context) -> Response {
+    let health = ctx.apps.health();
+    let status = if health.loaded {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let state = match (health.loaded, health.degraded_since.is_some()) {
+        (false, _) => "loading",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    let body = serde_json::json!({
+        "ready": health.loaded,
+        "registry": {
+            "source": health.source,
+            "state": state,
+            "degraded_since": health.degraded_since,
+            "error": health.error,
+        },
+    });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 /// Runs one API request: the head is checked first, then the body is read (within its

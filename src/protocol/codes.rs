@@ -28,6 +28,11 @@ impl Close {
         code: 4004,
         message: "Application is over connection quota",
     };
+    /// The app registry has not been read yet (startup): come back after a back-off.
+    pub const NOT_READY: Close = Close {
+        code: 4100,
+        message: "Apps are still loading, try again shortly",
+    };
     /// The URL is not `/app/{key}`.
     pub const PATH_NOT_FOUND: Close = Close {
         code: 4005,

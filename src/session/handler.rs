@@ -127,7 +127,11 @@ async fn admit(ctx: &Context, handshake: &Handshake) -> Result<Arc<App>, Close> 
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .ok_or(Close::PATH_NOT_FOUND)?;
     protocol_version(handshake.query.as_deref())?;
-    let app = ctx.apps.find_by_key(key).ok_or(Close::APP_NOT_FOUND)?;
+    let app = ctx.apps.find_by_key(key).ok_or(if ctx.apps.is_loaded() {
+        Close::APP_NOT_FOUND
+    } else {
+        Close::NOT_READY
+    })?;
     if !app.enabled {
         return Err(Close::APP_DISABLED);
     }

@@ -181,22 +181,11 @@ mod tests {
     use crate::config::{AppConfig, WebhookConfig};
 
     fn app(types: &[&str]) -> Arc<App> {
-        let config = AppConfig {
-            id: "1".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enabled: true,
-            client_events: false,
-            subscription_count: false,
-            authorized_connections: false,
-            max_connections: 0,
-            max_client_events_per_second: 10,
-            webhooks: vec![WebhookConfig {
-                url: "http://127.0.0.1:1/hook".into(),
-                event_types: types.iter().map(|t| t.to_string()).collect(),
-            }],
-            allowed_origins: Vec::new(),
-        };
+        let mut config = AppConfig::new("1", "k", "s");
+        config.webhooks = vec![WebhookConfig {
+            url: "http://127.0.0.1:1/hook".into(),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+        }];
         Arc::new(App::from(&config))
     }
 

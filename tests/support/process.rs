@@ -172,6 +172,19 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Polls (bounded by `limit`) until `what` shows in the log `times` times.
+    pub(crate) async fn logged(&self, what: &str, times: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.stderr_text().matches(what).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {what:?} ({times}x):\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The config file the process was started with (tests rewrite it before a SIGHUP).
     pub(crate) fn config_path(&self) -> &std::path::Path {
         &self.config
