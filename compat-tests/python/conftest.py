@@ -30,6 +30,18 @@ QUIET = 0.4  # bounded wait for "nothing arrives", after a positive control
 
 MASTER_KEY_B64 = base64.b64encode(secrets.token_bytes(32)).decode()
 
+# The app compat-tests/run creates with `pushi apps create --json` in the MongoDB registry
+# (client events on); default mode only.
+REGISTRY_APP_ID = os.environ.get("PUSHI_REGISTRY_APP_ID")
+REGISTRY_KEY = os.environ.get("PUSHI_REGISTRY_APP_KEY")
+REGISTRY_SECRET = os.environ.get("PUSHI_REGISTRY_APP_SECRET")
+REGISTRY = bool(REGISTRY_APP_ID and REGISTRY_KEY and REGISTRY_SECRET)
+
+needs_registry = pytest.mark.skipif(
+    not REGISTRY,
+    reason="needs the MongoDB registry app (PUSHI_REGISTRY_APP_*, created by compat-tests/run;"
+    " not available in --target mode)",
+)
 needs_client_events = pytest.mark.skipif(
     not CLIENT_EVENTS, reason="needs client events enabled on the target app (pass --client-events)"
 )

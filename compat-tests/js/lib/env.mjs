@@ -42,12 +42,26 @@ export const WEBHOOK_APP = { id: '6', key: 'webhook-key', secret: 'webhook-secre
 export const ORIGIN_APP = { id: '7', key: 'origin-key', secret: 'origin-secret' };
 export const WEBHOOK_PORT = process.env.PUSHI_WEBHOOK_PORT ? Number(process.env.PUSHI_WEBHOOK_PORT) : null;
 
+// The app that compat-tests/run creates with `pushi apps create --json` in the MongoDB
+// registry (client events on; default mode only). null when not set.
+export const REGISTRY_APP =
+  process.env.PUSHI_REGISTRY_APP_ID && process.env.PUSHI_REGISTRY_APP_KEY && process.env.PUSHI_REGISTRY_APP_SECRET
+    ? {
+        id: process.env.PUSHI_REGISTRY_APP_ID,
+        key: process.env.PUSHI_REGISTRY_APP_KEY,
+        secret: process.env.PUSHI_REGISTRY_APP_SECRET,
+      }
+    : null;
+
 // Values for the `skip` option of node:test.
 export const needFull = (what) => (FULL ? false : `needs ${what} (fixture config only; not available in --target mode)`);
 export const needWebhooks =
   FULL && WEBHOOK_PORT
     ? false
     : 'needs the webhook fixture app 6 and PUSHI_WEBHOOK_PORT (set by compat-tests/run; not available in --target mode)';
+export const needRegistry = REGISTRY_APP
+  ? false
+  : 'needs the MongoDB registry app (PUSHI_REGISTRY_APP_*, created by compat-tests/run; not available in --target mode)';
 export const needClientEvents = CLIENT_EVENTS ? false : 'needs client events enabled on the target app (pass --client-events)';
 export const needSubscriptionCount = SUBSCRIPTION_COUNT
   ? false
