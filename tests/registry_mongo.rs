@@ -549,6 +549,10 @@ async fn startup_fails_loudly_when_the_registry_cannot_be_loaded() {
         .post("events", &event("c", "e"))
         .await
         .assert_error(503);
+    // The Python SDK's unprefixed terminate route finds the app by key: not known yet either.
+    let url = server.http_url("/users/u1/terminate_connections?auth_key=not-loaded-yet");
+    let resp = reqwest::Client::new().post(url).send().await.expect("POST");
+    assert_eq!(resp.status().as_u16(), 503);
     let log = failed_exit(&mut server).await;
     assert!(
         log.contains(&format!("127.0.0.1:{port}")) && log.contains("startup_timeout"),

@@ -115,6 +115,9 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
                     None => None,
                 };
                 let Some(app) = found else {
+                    if !ctx.apps.is_loaded() {
+                        return ApiError::NotReady.into_response();
+                    }
                     let err = match key {
                         Some(key) => RequestError::WrongKey(key),
                         None => RequestError::Missing("auth_key"),
