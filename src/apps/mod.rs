@@ -144,7 +144,8 @@ struct Sources {
 pub struct Health {
     /// `"config"` (only `[[apps]]`) or `"mongodb"`.
     pub source: &'static str,
-    /// The registry has been read once: the apps are known.
+    /// The registry has been read once: the apps are known (filled in from the store's
+    /// flag by [`AppStore::health`]).
     pub loaded: bool,
     /// When the registry became unreachable, while it is (seconds since the epoch).
     pub degraded_since: Option<u64>,
@@ -224,7 +225,9 @@ impl AppStore {
 
     /// The registry's health, for `/ready`.
     pub fn health(&self) -> Health {
-        self.lock_health().clone()
+        let mut health = self.lock_health().clone();
+        health.loaded = self.is_loaded();
+        health
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -288,13 +291,20 @@ impl AppStore {
         let changes = self.publish(&sources);
         drop(sources);
         self.loaded.store(true, Ordering::Release);
-        self.lock_health().loaded = true;
         (changes, conflicts)
     }
 
-    /// Adds or replaces one registry app; see [`AppStore::set_registry`].
-    pub fn upsert_registry(&self, app: AppConfig) -> (AppChanges, Vec<Conflict>) {
+    /// Adds or replaces one registry app, which leaves `previous_id` when its id changed;
+    /// see [`AppStore::set_registry`].
+    pub fn upsert_registry(
+        &self,
+        app: AppConfig,
+        previous_id: Option<&str>,
+    ) -> (AppChanges, Vec<Conflict>) {
         let mut apps = self.registry_apps();
+        if let Some(old) = previous_id.filter(|old| *old != app.id) {
+            apps.remove(old);
+        }
         apps.insert(app.id.clone(), app);
         self.set_registry(apps)
     }
@@ -353,11 +363,12 @@ fn merge(
     wanted: &BTreeMap<String, AppConfig>,
     previous: &BTreeMap<String, AppConfig>,
 ) -> (BTreeMap<String, AppConfig>, Vec<Conflict>) {
-    let mut ids: HashMap<&str, String> = HashMap::new();
-    let mut keys: HashMap<&str, String> = HashMap::new();
+    // What claims each id and key: (who, for messages; whether it is a file app).
+    let mut ids: HashMap<&str, (String, bool)> = HashMap::new();
+    let mut keys: HashMap<&str, (String, bool)> = HashMap::new();
     for app in file {
-        ids.insert(&app.id, origin_of(true, &app.id));
-        keys.insert(&app.key, origin_of(true, &app.id));
+        ids.insert(&app.id, (origin_of(true, &app.id), true));
+        keys.insert(&app.key, (origin_of(true, &app.id), true));
     }
     let mut order: Vec<&AppConfig> = wanted.values().collect();
     order.sort_by_key(|app| {
@@ -368,25 +379,25 @@ fn merge(
     let mut conflicts = Vec::new();
     for app in order {
         let me = origin_of(false, &app.id);
-        if let Some(other) = ids.get(app.id.as_str()) {
+        if let Some((other, with_file)) = ids.get(app.id.as_str()) {
             conflicts.push(Conflict {
                 message: format!(
                     "app id {:?} is claimed twice: by {other} and by {me}",
                     app.id
                 ),
-                with_file: other.contains("config file"),
+                with_file: *with_file,
             });
             continue;
         }
         let candidate = match keys.get(app.key.as_str()) {
             None => Some(app),
-            Some(other) => {
+            Some((other, with_file)) => {
                 conflicts.push(Conflict {
                     message: format!(
                         "app key {:?} is claimed twice: by {other} and by {me}",
                         app.key
                     ),
-                    with_file: other.contains("config file"),
+                    with_file: *with_file,
                 });
                 previous
                     .get(&app.id)
@@ -394,8 +405,8 @@ fn merge(
             }
         };
         if let Some(app) = candidate {
-            ids.insert(&app.id, me.clone());
-            keys.insert(&app.key, me);
+            ids.insert(&app.id, (me.clone(), false));
+            keys.insert(&app.key, (me, false));
             accepted.insert(app.id.clone(), app.clone());
         }
     }

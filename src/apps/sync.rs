@@ -313,16 +313,10 @@ impl Follower {
                 return;
             }
         };
-        let id = record.config.id.clone();
-        let mut apps = self.store.registry_apps();
-        // A document whose `id` changed leaves its old id.
-        if let Some(old) = self.oids.insert(oid, id.clone()) {
-            if old != id {
-                apps.remove(&old);
-            }
-        }
-        apps.insert(id, record.config);
-        let (changes, conflicts) = self.store.set_registry(apps);
+        let previous = self.oids.insert(oid, record.config.id.clone());
+        let (changes, conflicts) = self
+            .store
+            .upsert_registry(record.config, previous.as_deref());
         (self.on_change)(&changes);
         self.report(conflicts.into_iter().map(|c| c.message).collect(), false);
     }
