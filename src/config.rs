@@ -40,6 +40,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The MongoDB app registry; without it, apps come from `[[apps]]` alone.
     pub mongodb: Option<MongoConfig>,
+    /// Stored events and offline subscriptions.
+    pub storage: StorageConfig,
     /// Apps declared in the config file (with `[mongodb]`, served beside the registry's).
     pub apps: Vec<AppConfig>,
 }
@@ -158,6 +160,76 @@ impl Default for MetricsConfig {
             host: "127.0.0.1".into(),
             port: 9601,
         }
+    }
+}
+
+/// `[storage]`: stored events and offline subscriptions (EXTENSIONS.md §1–2). With
+/// `[mongodb]` they live in its database; otherwise in an embedded store under `data_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the embedded store (`pushi.redb`), created when missing; relative paths
+    /// are relative to the working directory. Unused with `[mongodb]`.
+    pub data_dir: String,
+    /// Most events kept per channel; the oldest go first.
+    pub max_events_per_channel: u64,
+    /// Seconds an event is kept.
+    pub max_event_age: u64,
+    /// Stored events a personal channel replays on subscribe.
+    pub replay_last: usize,
+    /// Most events a `since` recovery replays (the newest of them when more were missed).
+    pub replay_max: usize,
+    /// Most channels one user may be offline-subscribed to.
+    pub max_subscriptions_per_user: usize,
+    /// Seconds between two retention passes.
+    pub prune_interval: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: "pushi-data".into(),
+            max_events_per_channel: 1000,
+            max_event_age: 7 * 24 * 3600,
+            replay_last: 10,
+            replay_max: 100,
+            max_subscriptions_per_user: 100,
+            prune_interval: 60,
+        }
+    }
+}
+
+impl StorageConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.data_dir.is_empty() {
+            problems.push("storage.data_dir: must not be empty".to_string());
+        }
+        for (name, value) in [
+            (
+                "storage.max_events_per_channel",
+                self.max_events_per_channel,
+            ),
+            ("storage.max_event_age", self.max_event_age),
+            ("storage.replay_max", self.replay_max as u64),
+            (
+                "storage.max_subscriptions_per_user",
+                self.max_subscriptions_per_user as u64,
+            ),
+            ("storage.prune_interval", self.prune_interval),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        // A replay is one frame; past 100 events of up to 10 KiB it would be megabytes.
+        if self.replay_last > 100 {
+            problems.push("storage.replay_last: at most 100".to_string());
+        }
+        if self.replay_max > 1000 {
+            problems.push("storage.replay_max: at most 1000".to_string());
+        }
+        problems
     }
 }
 
@@ -576,6 +648,7 @@ impl Config {
         if let Some(mongo) = &self.mongodb {
             problems.extend(mongo.problems());
         }
+        problems.extend(self.storage.problems());
         for (i, app) in self.apps.iter().enumerate() {
             problems.extend(app.problems().into_iter().map(|p| format!("apps[{i}].{p}")));
             if !ids.insert(app.id.as_str()) {

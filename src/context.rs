@@ -1,5 +1,5 @@
 //! [`Context`]: what every session, request handler and background task shares (config,
-//! apps, registry, adapter, shutdown, task tracker, webhooks, metrics).
+//! apps, registry, adapter, publish pipeline, shutdown, task tracker, webhooks, metrics).
 //!
 //! Owns: building the shared state and socket ids. Must not touch: listeners, protocol rules.
 //! It lives apart from `server` so that `session` and `http` depend on it without depending
@@ -16,7 +16,9 @@ use crate::apps::AppStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::SocketId;
+use crate::publish::Publisher;
 use crate::registry::Registry;
+use crate::storage::Storage;
 use crate::webhooks::Webhooks;
 
 /// Builds the adapter over this node's registry.
@@ -41,6 +43,8 @@ pub struct Context {
     pub webhooks: Webhooks,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The publish pipeline and offline subscriptions (over the store).
+    pub publisher: Publisher,
     node: u64,
     next_socket: Arc<AtomicU64>,
 }
@@ -49,15 +53,17 @@ impl Context {
     /// A context over the config file's apps and the local adapter; starts the webhook
     /// worker (so it must be called inside a tokio runtime).
     pub fn new(config: Config) -> Context {
-        Context::build(config, None, None)
+        Context::build(config, None, None, None)
     }
 
-    /// A context over `apps` (default: the config file's) and the adapter `adapter` builds
-    /// over the registry (default: local); starts the webhook worker.
+    /// A context over `apps` (default: the config file's), the adapter `adapter` builds
+    /// over the registry (default: local) and `storage` (default: in memory); starts the
+    /// webhook worker.
     pub(crate) fn build(
         config: Config,
         apps: Option<Arc<AppStore>>,
         adapter: Option<MakeAdapter>,
+        storage: Option<Storage>,
     ) -> Context {
         let registry = Registry::default();
         let shutdown = CancellationToken::new();
@@ -67,12 +73,22 @@ impl Context {
             Some(make) => make(registry.clone()),
             None => Arc::new(LocalAdapter::new(registry.clone())) as Arc<dyn Adapter>,
         };
+        let config = Arc::new(config);
+        let webhooks = Webhooks::start(&tracker, shutdown.clone(), metrics.clone());
+        let publisher = Publisher::new(
+            storage.unwrap_or_else(Storage::in_memory),
+            adapter.clone(),
+            registry.clone(),
+            webhooks.clone(),
+            config.clone(),
+        );
         Context {
             apps: apps.unwrap_or_else(|| Arc::new(AppStore::new(&config.apps))),
             adapter,
             registry,
-            config: Arc::new(config),
-            webhooks: Webhooks::start(&tracker, shutdown.clone(), metrics.clone()),
+            config,
+            webhooks,
+            publisher,
             metrics,
             shutdown,
             tracker,

@@ -32,10 +32,12 @@ pub mod http;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod publish;
 pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod webhooks;
 
 pub use config::Config;

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use pushi::apps::mongo::Registry;
 use pushi::apps::{sync, AppStore};
 use pushi::cli::{Args, Command};
+use pushi::storage::embedded::Embedded;
 use pushi::Config;
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +79,20 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
         )),
         None => None,
     };
+    // A write past the file-size limit (ulimit -f) must fail with EFBIG like a full disk,
+    // not kill the process: the store reports it and live traffic goes on.
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+        .context("could not handle SIGXFSZ")?;
+    let storage = Embedded::open(
+        Path::new(&config.storage.data_dir),
+        config.storage.max_events_per_channel,
+    )
+    .context("could not open the store")?;
+    tracing::info!(
+        backend = storage.backend,
+        data_dir = %config.storage.data_dir,
+        "stored events and offline subscriptions"
+    );
     let store = Arc::new(match registry {
         Some(_) => AppStore::awaiting_registry(&config.apps),
         None => AppStore::new(&config.apps),
@@ -85,6 +100,7 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
     let running = config.clone();
     let server = pushi::Server::builder(config)
         .apps(store.clone())
+        .storage(storage)
         .bind()
         .await?;
     let ctx = server.context().clone();

@@ -56,6 +56,10 @@ pub fn reload(
             "mongodb",
             section(&running.mongodb) != section(&next.mongodb),
         ),
+        (
+            "storage",
+            section(&running.storage) != section(&next.storage),
+        ),
     ];
     let stale: Vec<&str> = sections
         .iter()

@@ -36,6 +36,7 @@ use crate::config::Config;
 pub use crate::context::Context;
 use crate::context::MakeAdapter;
 use crate::registry::Registry;
+use crate::storage::{Storage, StoreError};
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -51,6 +52,7 @@ pub struct ServerBuilder {
     config: Config,
     apps: Option<Arc<AppStore>>,
     adapter: Option<MakeAdapter>,
+    storage: Option<Storage>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -75,11 +77,36 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds the listeners (see [`Server::bind`]).
-    pub async fn bind(self) -> Result<Server, BindError> {
-        let ctx = Context::build(self.config, self.apps, self.adapter);
-        Server::bind_context(ctx).await
+    /// Stores events and offline subscriptions in `storage` (default: in memory; the
+    /// binary opens the embedded store or MongoDB).
+    pub fn storage(mut self, storage: Storage) -> ServerBuilder {
+        self.storage = Some(storage);
+        self
     }
+
+    /// Loads the open offline subscriptions, then binds the listeners (see [`Server::bind`]).
+    pub async fn bind(self) -> Result<Server, StartError> {
+        let ctx = Context::build(self.config, self.apps, self.adapter, self.storage);
+        let subscriptions = ctx.publisher.load().await?;
+        tracing::debug!(subscriptions, "offline subscriptions loaded");
+        ctx.tracker.spawn(crate::storage::retention(
+            ctx.publisher.storage().clone(),
+            ctx.config.storage.clone(),
+            ctx.shutdown.clone(),
+        ));
+        Ok(Server::bind_context(ctx).await?)
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The offline subscriptions could not be read.
+    #[error("could not read the offline subscriptions: {0}")]
+    Storage(#[from] StoreError),
 }
 
 /// Why the server could not bind.
@@ -104,7 +131,7 @@ async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListene
 impl Server {
     /// Binds `server.host:server.port` and, when enabled, `metrics.host:metrics.port`
     /// (port 0 picks a free one), over the config file's apps and the local adapter.
-    pub async fn bind(config: Config) -> Result<Server, BindError> {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
         Server::builder(config).bind().await
     }
 
@@ -114,6 +141,7 @@ impl Server {
         ServerBuilder {
             apps: None,
             adapter: None,
+            storage: None,
             config,
         }
     }

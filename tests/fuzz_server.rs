@@ -1091,7 +1091,7 @@ fn ws_step(rng: &mut StdRng, cx: &WsCtx) -> (&'static str, Vec<u8>) {
         13 => ("garbage", random_bytes_in(rng, 1..200)),
         14 => {
             // Around the transport cap (64 KiB).
-            let size = 64 * 1024 + rng.random_range(-40i64..40) as usize;
+            let size = (64 * 1024 + rng.random_range(-40i64..40)) as usize;
             let head = r#"{"event":"pusher:ping","data":{"pad":""#;
             let pad = size.saturating_sub(head.len() + 3);
             let text = format!("{head}{}\"}}}}", "z".repeat(pad));

@@ -14,8 +14,12 @@ use crate::apps::App;
 use crate::auth;
 use crate::config::LimitsConfig;
 use crate::context::Context;
-use crate::protocol::{message, ChannelKind, ChannelName, SocketId, MAX_EVENT_NAME_LEN};
-use crate::registry::{ChannelStats, Frame};
+use crate::protocol::{
+    ChannelKind, ChannelName, SocketId, MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN, PERSONAL_PREFIX,
+};
+use crate::publish::{Data, Publication, SubscribeError};
+use crate::registry::ChannelStats;
+use crate::storage;
 
 /// A request head as received, before any check (all of it is signed).
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +48,10 @@ enum Route {
     Channel(String),
     Users(String),
     Terminate(String),
+    /// `POST /subscribe` (true) and `/unsubscribe` (false): offline subscriptions.
+    Offline(bool),
+    UserSubscriptions(String),
+    UserEvents(String),
 }
 
 /// A request whose head passed every check; its body is still unread.
@@ -88,12 +96,20 @@ pub(super) fn authorize(app: Arc<App>, head: Head<'_>) -> Result<Authorized, Api
         ["channels", channel] if get => Route::Channel(channel.to_string()),
         ["channels", channel, "users"] if get => Route::Users(channel.to_string()),
         ["users", user, "terminate_connections"] if post => Route::Terminate(user.to_string()),
+        ["subscribe"] if post => Route::Offline(true),
+        ["unsubscribe"] if post => Route::Offline(false),
+        ["users", user, "subscriptions"] if get => Route::UserSubscriptions(user.to_string()),
+        ["users", user, "events"] if get => Route::UserEvents(user.to_string()),
         ["events"]
         | ["batch_events"]
         | ["channels"]
         | ["channels", _]
         | ["channels", _, "users"]
-        | ["users", _, "terminate_connections"] => return Err(ApiError::MethodNotAllowed),
+        | ["users", _, "terminate_connections"]
+        | ["subscribe"]
+        | ["unsubscribe"]
+        | ["users", _, "subscriptions"]
+        | ["users", _, "events"] => return Err(ApiError::MethodNotAllowed),
         _ => return Err(ApiError::NotFound(head.path.to_string())),
     };
     Ok(Authorized { app, params, route })
@@ -113,6 +129,8 @@ impl Authorized {
         match self.route {
             Route::Events => event,
             Route::BatchEvents => event * limits.max_batch_size + 1024,
+            // A user id and a channel name, escaped at worst.
+            Route::Offline(_) => 4096,
             // `{}` at most; the SDKs send an empty body or `{}`.
             _ => 1024,
         }
@@ -124,8 +142,8 @@ impl Authorized {
         let app = &*self.app;
         let param = |name: &str| auth::param(&self.params, name);
         match &self.route {
-            Route::Events => events(ctx, app, body).await,
-            Route::BatchEvents => batch_events(ctx, app, body).await,
+            Route::Events => events(ctx, &self.app, body).await,
+            Route::BatchEvents => batch_events(ctx, &self.app, body).await,
             Route::Channels => channels(ctx, app, param("filter_by_prefix"), param("info")).await,
             Route::Channel(channel) => channel_info(ctx, app, channel, param("info")).await,
             Route::Users(channel) => users(ctx, app, channel).await,
@@ -133,8 +151,105 @@ impl Authorized {
                 ctx.adapter.terminate_user(&app.id, user).await;
                 Ok(json!({}))
             }
+            Route::Offline(subscribe) => offline(ctx, app, body, *subscribe).await,
+            Route::UserSubscriptions(user) => {
+                let user = offline_user(user)?;
+                let storage = ctx.publisher.storage();
+                let channels = storage::user_channels(storage, &app.id, user).await?;
+                Ok(json!({ "channels": channels }))
+            }
+            Route::UserEvents(user) => {
+                let user = offline_user(user)?;
+                let limit = match param("limit") {
+                    None => DEFAULT_EVENTS_LIMIT,
+                    Some(text) => match text.parse::<usize>() {
+                        Ok(n) if (1..=MAX_EVENTS_LIMIT).contains(&n) => n,
+                        _ => return Err(ApiError::bad(format!(
+                            "'limit' must be an integer from 1 to {MAX_EVENTS_LIMIT}, not {text:?}"
+                        ))),
+                    },
+                };
+                let before = match param("before") {
+                    None => None,
+                    Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                        ApiError::bad(format!("'before' must be an event id, not {text:?}"))
+                    })?),
+                };
+                let storage = ctx.publisher.storage();
+                let events = storage::user_events(storage, &app.id, user, before, limit).await?;
+                Ok(json!({ "events": events }))
+            }
         }
     }
+}
+
+/// `events` route: how many events without `limit`, and the most with it (EXTENSIONS.md §1).
+const DEFAULT_EVENTS_LIMIT: usize = 10;
+const MAX_EVENTS_LIMIT: usize = 100;
+
+/// A user id of the offline-subscription routes: like a presence user id (at most
+/// [`MAX_USER_ID_LEN`] characters), and within the channel-name characters, because the
+/// user's personal channel `private-personal-<user_id>` must be a valid channel name.
+fn offline_user(user: &str) -> Result<&str, ApiError> {
+    if user.is_empty() {
+        return Err(ApiError::bad("'user_id' must be a non-empty string"));
+    }
+    if user.chars().count() > MAX_USER_ID_LEN {
+        return Err(ApiError::bad(format!(
+            "'user_id' is longer than {MAX_USER_ID_LEN} characters"
+        )));
+    }
+    if !user
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
+    {
+        return Err(ApiError::bad(format!(
+            "Invalid user_id {user:?}: only A-Z a-z 0-9 _ - = @ , . ; are allowed \
+             (the personal channel private-personal-<user_id> must be a valid channel name)"
+        )));
+    }
+    Ok(user)
+}
+
+/// `POST /subscribe` and `/unsubscribe`: `{"user_id": "...", "event": "<channel>"}`
+/// (`channel` is accepted for `event`, the original pushi's name for it).
+async fn offline(
+    ctx: &Context,
+    app: &App,
+    body: &[u8],
+    subscribe: bool,
+) -> Result<Value, ApiError> {
+    let body = parse_body(body)?;
+    let user = match body.get("user_id") {
+        Some(Value::String(u)) => offline_user(u)?,
+        Some(_) => return Err(ApiError::bad("'user_id' must be a string")),
+        None => return Err(ApiError::bad("Missing 'user_id'")),
+    };
+    let channel = match (body.get("event"), body.get("channel")) {
+        (Some(Value::String(c)), None) | (None, Some(Value::String(c))) => c,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "Give 'event' or 'channel' (the channel name), not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::bad("Missing 'event' (the channel name)")),
+        _ => return Err(ApiError::bad("'event' must be a channel name")),
+    };
+    let channel = channel_name(channel)?;
+    if channel.as_str().starts_with(PERSONAL_PREFIX) || channel.kind() == ChannelKind::ServerToUser
+    {
+        return Err(ApiError::bad(format!(
+            "{channel} delivers to one user already; offline subscriptions take other channels"
+        )));
+    }
+    ctx.publisher
+        .offline(&app.id, user, channel.as_str(), subscribe)
+        .await
+        .map_err(|e| match e {
+            SubscribeError::TooMany { .. } => ApiError::bad(e.to_string()),
+            SubscribeError::Store(e) => ApiError::Storage(e),
+        })?;
+    Ok(json!({}))
 }
 
 fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -281,22 +396,18 @@ fn attributes(kind: ChannelKind, stats: ChannelStats, info: &[String]) -> Map<St
     out
 }
 
-async fn publish(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
-    let ttl = std::time::Duration::from_secs(ctx.config.limits.cache_ttl);
-    for channel in &event.channels {
-        let frame = Frame::from(message::channel_event(
-            &event.name,
-            channel.as_str(),
-            &event.data,
-        ));
-        if channel.is_cache() {
-            ctx.registry
-                .cache_put(&app.id, channel.as_str(), frame.clone(), &event.data, ttl);
-        }
-        ctx.adapter
-            .publish(&app.id, channel.as_str(), frame, event.except)
-            .await;
-    }
+fn publications(event: &Event) -> impl Iterator<Item = Publication> + '_ {
+    event.channels.iter().map(|channel| Publication {
+        channel: channel.to_string(),
+        event: event.name.clone(),
+        data: Data::Text(event.data.clone()),
+        except: event.except,
+        sender: None,
+    })
+}
+
+/// The `info` attributes an event asked for, per channel, read after it was published.
+async fn infos(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
     let mut infos = Map::new();
     if !event.info.is_empty() {
         for channel in &event.channels {
@@ -308,9 +419,12 @@ async fn publish(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> 
     infos
 }
 
-async fn events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+async fn events(ctx: &Context, app: &Arc<App>, body: &[u8]) -> Result<Value, ApiError> {
     let event = parse_event(ctx, &parse_body(body)?, false)?;
-    let infos = publish(ctx, app, &event).await;
+    ctx.publisher
+        .publish(app, publications(&event).collect())
+        .await?;
+    let infos = infos(ctx, app, &event).await;
     if event.info.is_empty() {
         Ok(json!({}))
     } else {
@@ -318,7 +432,7 @@ async fn events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, ApiError
     }
 }
 
-async fn batch_events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+async fn batch_events(ctx: &Context, app: &Arc<App>, body: &[u8]) -> Result<Value, ApiError> {
     let body = parse_body(body)?;
     let Some(Value::Array(batch)) = body.get("batch") else {
         return Err(ApiError::bad("Missing 'batch' array"));
@@ -343,9 +457,13 @@ async fn batch_events(ctx: &Context, app: &App, body: &[u8]) -> Result<Value, Ap
         })?;
         events.push(event);
     }
+    // One call, so the whole batch is stored in one commit (or not at all).
+    ctx.publisher
+        .publish(app, events.iter().flat_map(publications).collect())
+        .await?;
     let mut results = Vec::with_capacity(events.len());
     for event in &events {
-        let infos = publish(ctx, app, event).await;
+        let infos = infos(ctx, app, event).await;
         results.push(
             infos
                 .into_iter()

@@ -8,6 +8,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::auth::RequestError;
+use crate::storage::StoreError;
 
 /// A failed API request.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,10 @@ pub enum ApiError {
     /// The app registry has not been read yet (503).
     #[error("Apps are still loading from the registry; try again shortly")]
     NotReady,
+    /// Stored events or offline subscriptions could not be written or read; nothing was
+    /// delivered or changed (503).
+    #[error("Could not store: {0}")]
+    Storage(#[from] StoreError),
 }
 
 impl ApiError {
@@ -55,7 +60,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::ShuttingDown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::NotReady | ApiError::Storage(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -173,6 +173,13 @@ fn ready_response(ctx: &Context) -> Response {
         (true, true) => "degraded",
         (true, false) => "ok",
     };
+    // A storage outage degrades (publishes to channels with offline subscribers answer
+    // 503) but live traffic goes on, so the node stays ready.
+    let storage = ctx.publisher.storage();
+    let (storage_state, storage_error, storage_since) = match storage.status.degraded() {
+        Some((why, since)) => ("degraded", Some(why), Some(since)),
+        None => ("ok", None, None),
+    };
     let body = serde_json::json!({
         "ready": health.loaded,
         "registry": {
@@ -180,6 +187,12 @@ fn ready_response(ctx: &Context) -> Response {
             "state": state,
             "degraded_since": health.degraded_since,
             "error": health.error,
+        },
+        "storage": {
+            "backend": storage.backend,
+            "state": storage_state,
+            "degraded_since": storage_since,
+            "error": storage_error,
         },
     });
     warp::reply::with_status(warp::reply::json(&body), status).into_response()

@@ -8,6 +8,15 @@ pub const MAX_CHANNEL_NAME_LEN: usize = 164;
 /// Prefix of the channels that deliver to one signed-in user.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
+/// Prefix of a user's personal channel (EXTENSIONS.md §2): `private-personal-<user_id>`
+/// aggregates the user's offline subscriptions. It is a private channel to pusher-js.
+pub const PERSONAL_PREFIX: &str = "private-personal-";
+
+/// The personal channel of `user`.
+pub fn personal_channel(user: &str) -> String {
+    format!("{PERSONAL_PREFIX}{user}")
+}
+
 /// What a channel's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {

@@ -487,6 +487,38 @@ pub fn client_event(event: &str, channel: &str, data: &RawValue, user_id: Option
     serde_json::to_string(&f).expect("frames serialize")
 }
 
+/// An event delivered on a personal channel (EXTENSIONS.md §2): relabelled to the personal
+/// channel, with the channel it was published on and, when it was stored, its id (the
+/// client's cursor for `since`).
+pub fn personal_event(
+    event: &str,
+    personal: &str,
+    data: &RawValue,
+    origin: &str,
+    id: u64,
+    user_id: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    struct Personal<'a> {
+        event: &'a str,
+        channel: &'a str,
+        data: &'a RawValue,
+        origin_channel: &'a str,
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<&'a str>,
+    }
+    let f = Personal {
+        event,
+        channel: personal,
+        data,
+        origin_channel: origin,
+        id,
+        user_id,
+    };
+    serde_json::to_string(&f).expect("frames serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ pub mod codes;
 pub mod message;
 pub mod socket_id;
 
-pub use channel::{ChannelKind, ChannelName};
+pub use channel::{personal_channel, ChannelKind, ChannelName, PERSONAL_PREFIX};
 pub use codes::Close;
 pub use message::{ClientMessage, ProtocolError};
 pub use socket_id::SocketId;

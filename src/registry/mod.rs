@@ -10,6 +10,7 @@
 mod channel;
 mod conn;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub use channel::{Change, SubscribeError};
 pub use conn::{Conn, Frame};
 
 use crate::protocol::message::{self, PresenceMember};
-use crate::protocol::{Close, SocketId};
+use crate::protocol::{Close, SocketId, PERSONAL_PREFIX};
 use channel::Channel;
 
 /// Counts answered for one channel.
@@ -50,6 +51,8 @@ struct AppState {
     watchers: DashMap<Arc<str>, Vec<Arc<Conn>>>,
     /// Last event of each cache channel.
     cache: DashMap<String, Cached>,
+    /// Users whose personal channel has a subscriber on this node.
+    personal: DashMap<Arc<str>, ()>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +145,12 @@ impl Registry {
         if count {
             entry.broadcast_count(channel, Instant::now());
         }
+        // Under the channel's lock, so that a concurrent last unsubscribe cannot undo it.
+        if result.1.occupied {
+            if let Some(user) = channel.strip_prefix(PERSONAL_PREFIX) {
+                app.personal.insert(Arc::from(user), ());
+            }
+        }
         Ok(result)
     }
 
@@ -164,9 +173,41 @@ impl Registry {
             }
             None => None,
         };
-        app.channels
-            .remove_if(channel, |_, c| c.subscribers.is_empty());
+        app.channels.remove_if(channel, |_, c| {
+            let empty = c.subscribers.is_empty();
+            if empty {
+                if let Some(user) = channel.strip_prefix(PERSONAL_PREFIX) {
+                    app.personal.remove(user);
+                }
+            }
+            empty
+        });
         change
+    }
+
+    /// The users of `users` whose personal channel has a subscriber on this node (walking
+    /// the smaller of the two sets, so a channel with many offline subscribers and few of
+    /// them online costs little).
+    pub fn live_personal(&self, app_id: &str, users: &HashSet<Arc<str>>) -> Vec<Arc<str>> {
+        let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
+            return Vec::new();
+        };
+        if app.personal.is_empty() {
+            return Vec::new();
+        }
+        if app.personal.len() < users.len() {
+            app.personal
+                .iter()
+                .filter(|u| users.contains(u.key()))
+                .map(|u| u.key().clone())
+                .collect()
+        } else {
+            users
+                .iter()
+                .filter(|u| app.personal.contains_key(&***u))
+                .cloned()
+                .collect()
+        }
     }
 
     /// Records a signed-in connection. When it is the user's first, everyone watching the

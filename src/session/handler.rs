@@ -36,6 +36,7 @@ use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
     codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
 };
+use crate::publish::{Data, Publication, Sender};
 use crate::registry::{Change, Conn, Frame};
 use crate::session::{Handshake, WriteMeter};
 use crate::webhooks::Event;
@@ -662,24 +663,24 @@ where
             let msg = format!("Client event rejected due to rate limit: at most {max} per second");
             return self.error(Some(codes::CLIENT_EVENT_RATE_LIMIT), &msg);
         }
-        let frame = message::client_event(&event, &channel, &data, user_id.as_deref());
-        self.ctx
-            .adapter
-            .publish(
-                &self.app.id,
-                &channel,
-                Frame::from(frame),
-                Some(self.socket_id()),
-            )
-            .await;
-        let hook = Event::ClientEvent {
+        let publication = Publication {
             channel,
             event,
-            data,
-            socket_id: self.socket.clone(),
-            user_id: user_id.map(|u| u.to_string()),
+            data: Data::Raw(data),
+            except: Some(self.socket_id()),
+            sender: Some(Sender {
+                socket: self.socket.clone(),
+                user_id,
+            }),
         };
-        self.ctx.webhooks.emit(&self.app, hook);
+        if let Err(err) = self
+            .ctx
+            .publisher
+            .publish(&self.app, vec![publication])
+            .await
+        {
+            return self.error(None, &format!("Client event rejected: {err}"));
+        }
         Ok(())
     }
 

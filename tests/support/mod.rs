@@ -169,9 +169,25 @@ impl TestServer {
     }
 
     async fn start_text(text: String) -> TestServer {
+        TestServer::start_full(text, None).await
+    }
+
+    /// The fixture with `overrides`, storing events in `storage` (default: in memory).
+    pub(crate) async fn start_with_storage(
+        overrides: &str,
+        storage: pushi::storage::Storage,
+    ) -> TestServer {
+        TestServer::start_full(config_text(overrides), Some(storage)).await
+    }
+
+    async fn start_full(text: String, storage: Option<pushi::storage::Storage>) -> TestServer {
         let config = pushi::config::from_toml(&text)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        let server = pushi::Server::bind(config).await.expect("bind port 0");
+        let mut builder = pushi::Server::builder(config);
+        if let Some(storage) = storage {
+            builder = builder.storage(storage);
+        }
+        let server = builder.bind().await.expect("bind port 0");
         let addr = server.local_addr();
         let ctx = server.context().clone();
         let (tx, rx) = oneshot::channel::<()>();

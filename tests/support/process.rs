@@ -36,6 +36,10 @@ pub(crate) struct ServerProcess {
     stderr: Arc<Mutex<Vec<u8>>>,
     reader: Option<JoinHandle<()>>,
     config: PathBuf,
+    /// The child's working directory (so the default `storage.data_dir` is its own).
+    workdir: PathBuf,
+    /// Whether the working directory is removed on drop.
+    owns_workdir: bool,
 }
 
 impl ServerProcess {
@@ -47,27 +51,52 @@ impl ServerProcess {
 
     /// Starts the binary on this exact config text.
     pub(crate) async fn start_text(text: String) -> ServerProcess {
-        ServerProcess::spawn(text, None).await
+        ServerProcess::spawn(text, None, None).await
     }
 
-    /// Starts the binary on `text`, through `prlimit --nofile=N:N --` when `nofile` is set,
+    /// Starts the binary on `text` in `workdir` (kept on drop), so that a second process
+    /// finds the first one's stored data.
+    pub(crate) async fn start_in(text: String, workdir: &std::path::Path) -> ServerProcess {
+        ServerProcess::spawn(text, None, Some(workdir.to_path_buf())).await
+    }
+
+    /// Kills the child with SIGKILL and waits for it (no shutdown of any kind).
+    pub(crate) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The child's working directory.
+    pub(crate) fn workdir(&self) -> &std::path::Path {
+        &self.workdir
+    }
+
+    /// Starts the binary on `text`, through `prlimit <limit> --` when `prlimit` is set,
     /// and waits (bounded) until it logs its address.
-    async fn spawn(text: String, nofile: Option<u64>) -> ServerProcess {
+    async fn spawn(
+        text: String,
+        prlimit: Option<String>,
+        workdir: Option<PathBuf>,
+    ) -> ServerProcess {
         static N: AtomicU64 = AtomicU64::new(0);
-        let config = std::env::temp_dir().join(format!(
-            "pushi-test-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let config =
+            std::env::temp_dir().join(format!("pushi-test-{}-{n}.toml", std::process::id()));
+        let owns_workdir = workdir.is_none();
+        let workdir = workdir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("pushi-test-{}-{n}.d", std::process::id()))
+        });
+        std::fs::create_dir_all(&workdir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", workdir.display()));
         std::fs::write(&config, &text)
             .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 
-        let mut cmd = match nofile {
+        let mut cmd = match &prlimit {
             None => Command::new(env!("CARGO_BIN_EXE_pushi")),
-            Some(n) => {
+            Some(limit) => {
                 let mut prlimit = Command::new("prlimit");
                 prlimit
-                    .arg(format!("--nofile={n}:{n}"))
+                    .arg(limit)
                     .arg("--")
                     .arg(env!("CARGO_BIN_EXE_pushi"));
                 prlimit
@@ -75,6 +104,7 @@ impl ServerProcess {
         };
         cmd.arg("--config")
             .arg(&config)
+            .current_dir(&workdir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -88,7 +118,7 @@ impl ServerProcess {
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
-                "spawn {} (prlimit: {nofile:?}): {e}",
+                "spawn {} (prlimit: {prlimit:?}): {e}",
                 env!("CARGO_BIN_EXE_pushi")
             )
         });
@@ -116,6 +146,8 @@ impl ServerProcess {
             stderr,
             reader: Some(reader),
             config,
+            workdir,
+            owns_workdir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -279,6 +311,9 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
+        if self.owns_workdir {
+            let _ = std::fs::remove_dir_all(&self.workdir);
+        }
         // The pipe is closed once the child is gone, so the reader ends promptly.
         if let Some(r) = self.reader.take() {
             let _ = r.join();
@@ -373,7 +408,18 @@ impl ServerProcess {
 
     /// [`ServerProcess::start_text`] under `prlimit --nofile=N:N`.
     pub(crate) async fn start_text_with_nofile(text: String, nofile: u64) -> ServerProcess {
-        ServerProcess::spawn(text, Some(nofile)).await
+        ServerProcess::spawn(text, Some(format!("--nofile={nofile}:{nofile}")), None).await
+    }
+
+    /// [`ServerProcess::start_in`] under `prlimit --fsize=N:N`: files the server writes
+    /// cannot grow past `bytes` (writes past it fail with EFBIG, as on a full disk).
+    pub(crate) async fn start_in_with_fsize(
+        text: String,
+        workdir: &std::path::Path,
+        bytes: u64,
+    ) -> ServerProcess {
+        let limit = format!("--fsize={bytes}:{bytes}");
+        ServerProcess::spawn(text, Some(limit), Some(workdir.to_path_buf())).await
     }
 
     /// The child's (soft, hard) limit on open files, from `/proc/<pid>/limits`.

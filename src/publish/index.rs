@@ -1,0 +1,111 @@
+//! [`SubIndex`]: the open offline subscriptions in memory, per app and channel, so that a
+//! publish knows without I/O whether it must store anything and for whom.
+//!
+//! Owns: the index and the per-user turn that orders changes. Must not touch: the store
+//! (the publisher changes the index after the store committed).
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Stripes of the per-user turn: changes of different users rarely wait for each other.
+const STRIPES: usize = 64;
+
+type Users = Arc<HashSet<Arc<str>>>;
+
+/// Open offline subscriptions: app → channel → users.
+#[derive(Debug)]
+pub struct SubIndex {
+    apps: DashMap<String, DashMap<String, Users>>,
+    /// Open subscriptions in all; zero makes every lookup free.
+    total: AtomicUsize,
+    turns: Vec<Mutex<()>>,
+}
+
+impl Default for SubIndex {
+    fn default() -> Self {
+        SubIndex {
+            apps: DashMap::new(),
+            total: AtomicUsize::new(0),
+            turns: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl SubIndex {
+    /// The users offline-subscribed to `channel`, if any. The set is shared: a change makes
+    /// a new one (subscriptions change far less often than publishes read them).
+    pub fn subscribers(&self, app: &str, channel: &str) -> Option<Users> {
+        if self.total.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.apps.get(app)?.get(channel).map(|u| u.clone())
+    }
+
+    /// Records an open subscription (no-op when present).
+    pub fn add(&self, app: &str, channel: &str, user: &str) {
+        let channels = self.apps.entry(app.to_string()).or_default();
+        let mut users = channels.entry(channel.to_string()).or_default();
+        if users.contains(user) {
+            return;
+        }
+        let mut next = HashSet::clone(&users);
+        next.insert(Arc::from(user));
+        *users = Arc::new(next);
+        self.total.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forgets a subscription (no-op when absent).
+    pub fn remove(&self, app: &str, channel: &str, user: &str) {
+        let Some(channels) = self.apps.get(app) else {
+            return;
+        };
+        let Some(mut users) = channels.get_mut(channel) else {
+            return;
+        };
+        if !users.contains(user) {
+            return;
+        }
+        let mut next = HashSet::clone(&users);
+        next.remove(user);
+        *users = Arc::new(next);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        drop(users);
+        channels.remove_if(channel, |_, u| u.is_empty());
+    }
+
+    /// Waits for `user`'s turn to change subscriptions.
+    pub async fn lock_user(&self, app: &str, user: &str) -> MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (app, user).hash(&mut h);
+        self.turns[(h.finish() as usize) % STRIPES].lock().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_and_remove() {
+        let index = SubIndex::default();
+        assert!(index.subscribers("1", "c").is_none());
+        index.add("1", "c", "u");
+        index.add("1", "c", "u");
+        index.add("1", "c", "v");
+        let users = index.subscribers("1", "c").unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(index.subscribers("2", "c").is_none(), "apps are apart");
+        index.remove("1", "c", "u");
+        index.remove("1", "c", "u");
+        assert_eq!(index.subscribers("1", "c").unwrap().len(), 1);
+        assert_eq!(users.len(), 2, "a reader's set does not change under it");
+        index.remove("1", "c", "v");
+        assert!(index.subscribers("1", "c").is_none());
+        assert_eq!(index.total.load(Ordering::Acquire), 0);
+    }
+}

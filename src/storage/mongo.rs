@@ -1,0 +1,1 @@
+//! The MongoDB store (used when `[mongodb]` is configured).
