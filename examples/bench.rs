@@ -7,6 +7,9 @@
 //! cargo run --release --example bench -- --addr 127.0.0.1:6001 --connections 2000 \
 //!     --channels 20 --rate 1000 --seconds 10 --pid $(pgrep -x pushi)
 //! ```
+//!
+//! With `--offline-subscribers N`, N users are offline-subscribed (pushi's
+//! `POST /apps/{id}/subscribe`) to every channel first, so each publish is stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ struct Args {
     seconds: u64,
     payload: usize,
     pid: Option<u32>,
+    offline: usize,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +45,7 @@ fn parse_args() -> Args {
         seconds: 10,
         payload: 100,
         pid: None,
+        offline: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +62,7 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
             "--payload" => a.payload = v.parse().expect("--payload bytes"),
             "--pid" => a.pid = Some(v.parse().expect("--pid N")),
+            "--offline-subscribers" => a.offline = v.parse().expect("--offline-subscribers N"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -135,7 +141,12 @@ async fn subscriber(
 async fn publish(client: &reqwest::Client, args: &Args, channel: &str, pad: &str) -> bool {
     let data = serde_json::json!({"t": now_us(), "pad": pad}).to_string();
     let body = serde_json::json!({"name": "bench", "channel": channel, "data": data}).to_string();
-    let path = format!("/apps/{}/events", args.app_id);
+    signed_post(client, args, "events", body).await
+}
+
+/// A POST to `/apps/{id}/{tail}` signed like the Pusher HTTP API; whether it answered 2xx.
+async fn signed_post(client: &reqwest::Client, args: &Args, tail: &str, body: String) -> bool {
+    let path = format!("/apps/{}/{tail}", args.app_id);
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -221,6 +232,23 @@ async fn main() {
     }
 
     let client = reqwest::Client::new();
+    if args.offline > 0 {
+        let t = Instant::now();
+        for c in 0..args.channels {
+            for u in 0..args.offline {
+                let body = serde_json::json!({"user_id": format!("bench-user-{u}"), "event": format!("bench-{c}")});
+                assert!(
+                    signed_post(&client, &args, "subscribe", body.to_string()).await,
+                    "POST /subscribe failed"
+                );
+            }
+        }
+        println!(
+            "offline subscribers: {} per channel, subscribed in {:.2} s",
+            args.offline,
+            t.elapsed().as_secs_f64()
+        );
+    }
     let pad = "x".repeat(args.payload.saturating_sub(30));
     let total = args.rate * args.seconds;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
@@ -230,6 +258,7 @@ async fn main() {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
     let oks = Arc::new(AtomicU64::new(0));
+    let round_trips = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let mut pubs = Vec::new();
     for n in 0..total {
         ticker.tick().await;
@@ -239,9 +268,13 @@ async fn main() {
             .await
             .expect("semaphore open");
         let (client, args, pad, oks) = (client.clone(), args.clone(), pad.clone(), oks.clone());
+        let round_trips = round_trips.clone();
         let channel = format!("bench-{}", n as usize % args.channels);
         pubs.push(tokio::spawn(async move {
+            let sent = Instant::now();
             if publish(&client, &args, &channel, &pad).await {
+                let us = sent.elapsed().as_micros() as u64;
+                round_trips.lock().expect("round-trip lock").push(us);
                 oks.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
@@ -280,6 +313,15 @@ async fn main() {
         percentile(&lat, 0.9),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
+    );
+    let mut rt = round_trips.lock().expect("round-trip lock").clone();
+    rt.sort_unstable();
+    println!(
+        "publish round trip ms (request to 200): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&rt, 0.5),
+        percentile(&rt, 0.9),
+        percentile(&rt, 0.99),
+        percentile(&rt, 1.0)
     );
     if let Some(p) = peak {
         println!("server RSS under load: {p} KiB");

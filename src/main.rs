@@ -8,10 +8,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use pushi::apps::mongo::Registry;
+use pushi::apps::mongo::{Connection, Registry};
 use pushi::apps::{sync, AppStore};
 use pushi::cli::{Args, Command};
 use pushi::storage::embedded::Embedded;
+use pushi::storage::mongo::MongoStore;
 use pushi::Config;
 
 fn main() -> anyhow::Result<()> {
@@ -71,28 +72,41 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
              (ulimit -n): idle connects could still exhaust descriptors"
         );
     }
-    // A URI the driver refuses stops startup before anything listens.
-    let registry = match &config.mongodb {
+    // A URI the driver refuses stops startup before anything listens. One client serves
+    // the registry and the stored events.
+    let connection = match &config.mongodb {
         Some(mongo) => Some((
-            Registry::open(mongo).await.context("invalid [mongodb]")?,
+            Connection::open(mongo).await.context("invalid [mongodb]")?,
             mongo.clone(),
         )),
         None => None,
     };
+    let registry = connection
+        .as_ref()
+        .map(|(c, mongo)| (Registry::on(c), mongo.clone()));
     // A write past the file-size limit (ulimit -f) must fail with EFBIG like a full disk,
     // not kill the process: the store reports it and live traffic goes on.
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
         .context("could not handle SIGXFSZ")?;
-    let storage = Embedded::open(
-        Path::new(&config.storage.data_dir),
-        config.storage.max_events_per_channel,
-    )
-    .context("could not open the store")?;
-    tracing::info!(
-        backend = storage.backend,
-        data_dir = %config.storage.data_dir,
-        "stored events and offline subscriptions"
-    );
+    let storage = match &connection {
+        Some((connection, _)) => {
+            tracing::info!(uri = %connection.uri, "stored events and offline subscriptions in MongoDB");
+            MongoStore::open(connection).0
+        }
+        None => {
+            let storage = Embedded::open(
+                Path::new(&config.storage.data_dir),
+                config.storage.max_events_per_channel,
+            )
+            .context("could not open the store")?;
+            tracing::info!(
+                data_dir = %config.storage.data_dir,
+                "stored events and offline subscriptions in the embedded store"
+            );
+            storage
+        }
+    };
+    let started = tokio::time::Instant::now();
     let store = Arc::new(match registry {
         Some(_) => AppStore::awaiting_registry(&config.apps),
         None => AppStore::new(&config.apps),
@@ -128,6 +142,7 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
     // 503 until it is done); if it cannot be done, the server stops and pushi exits non-zero.
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     if let Some((registry, mongo)) = registry {
+        let mongo_startup_timeout = mongo.startup_timeout;
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let uri = registry.uri().to_string();
         let apply_ctx = ctx.clone();
@@ -142,16 +157,37 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
             first_tx,
         ));
         tracing::info!(uri = %uri, "loading apps from MongoDB");
+        let publisher = ctx.publisher.clone();
+        let deadline = started + std::time::Duration::from_secs(mongo_startup_timeout);
         tokio::spawn(async move {
             match first_rx.await {
                 Ok(Ok(count)) => {
-                    tracing::info!(uri = %uri, apps = count, "apps loaded from MongoDB; ready")
+                    tracing::info!(uri = %uri, apps = count, "apps loaded from MongoDB")
                 }
                 Ok(Err(why)) => {
                     let _ = failed_tx.send(why);
+                    return;
                 }
-                Err(_) => {}
+                Err(_) => return,
             }
+            // The offline subscriptions come from the same database, within the same time.
+            while !publisher.is_loaded() {
+                if tokio::time::Instant::now() >= deadline {
+                    let why = publisher
+                        .storage()
+                        .status
+                        .degraded()
+                        .map(|(why, _)| why)
+                        .unwrap_or_else(|| "no answer".into());
+                    let _ = failed_tx.send(format!(
+                        "could not read the offline subscriptions from MongoDB at {uri} \
+                         within mongodb.startup_timeout: {why}"
+                    ));
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            tracing::info!(uri = %uri, "ready");
         });
     }
     let mut failure = None;

@@ -36,7 +36,7 @@ use crate::config::Config;
 pub use crate::context::Context;
 use crate::context::MakeAdapter;
 use crate::registry::Registry;
-use crate::storage::{Storage, StoreError};
+use crate::storage::Storage;
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -84,29 +84,36 @@ impl ServerBuilder {
         self
     }
 
-    /// Loads the open offline subscriptions, then binds the listeners (see [`Server::bind`]).
-    pub async fn bind(self) -> Result<Server, StartError> {
+    /// Loads the open offline subscriptions (when the store cannot be read yet, it keeps
+    /// trying in the background and publishes answer 503 meanwhile), then binds the
+    /// listeners (see [`Server::bind`]).
+    pub async fn bind(self) -> Result<Server, BindError> {
         let ctx = Context::build(self.config, self.apps, self.adapter, self.storage);
-        let subscriptions = ctx.publisher.load().await?;
-        tracing::debug!(subscriptions, "offline subscriptions loaded");
+        // A local store answers at once; a remote one that does not answer within a second
+        // is waited for in the background rather than delaying the listeners.
+        let first = tokio::time::timeout(Duration::from_secs(1), ctx.publisher.load()).await;
+        match first.unwrap_or_else(|_| {
+            Err(crate::storage::StoreError::Unavailable(
+                "the store did not answer within 1 s".into(),
+            ))
+        }) {
+            Ok(subscriptions) => tracing::debug!(subscriptions, "offline subscriptions loaded"),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "offline subscriptions not loaded yet; retrying, publishes answer 503 meanwhile"
+                );
+                ctx.tracker
+                    .spawn(ctx.publisher.clone().load_until_ready(ctx.shutdown.clone()));
+            }
+        }
         ctx.tracker.spawn(crate::storage::retention(
             ctx.publisher.storage().clone(),
             ctx.config.storage.clone(),
             ctx.shutdown.clone(),
         ));
-        Ok(Server::bind_context(ctx).await?)
+        Server::bind_context(ctx).await
     }
-}
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener could not bind.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-    /// The offline subscriptions could not be read.
-    #[error("could not read the offline subscriptions: {0}")]
-    Storage(#[from] StoreError),
 }
 
 /// Why the server could not bind.
@@ -131,7 +138,7 @@ async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListene
 impl Server {
     /// Binds `server.host:server.port` and, when enabled, `metrics.host:metrics.port`
     /// (port 0 picks a free one), over the config file's apps and the local adapter.
-    pub async fn bind(config: Config) -> Result<Server, StartError> {
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
         Server::builder(config).bind().await
     }
 

@@ -259,7 +259,12 @@ struct DiskFull;
 
 #[async_trait]
 impl EventStore for DiskFull {
-    async fn append(&self, _: &str, _: Vec<NewEvent>) -> Result<Vec<u64>, StoreError> {
+    async fn append(
+        &self,
+        _: &str,
+        _: Vec<NewEvent>,
+        _: pushi::storage::OnCommit,
+    ) -> Result<Vec<u64>, StoreError> {
         Err(StoreError::Unavailable("No space left on device".into()))
     }
     async fn events(

@@ -37,6 +37,21 @@ async fn subscribe(server: &ServerProcess, user: &str, channel: &str) {
     assert_eq!(r.ok(), &json!({}));
 }
 
+/// Publishes `e0`..`e{n-1}` on `news` concurrently (they share commits); each answered 200.
+async fn publish_concurrently(server: &ServerProcess, n: usize) {
+    let api = server.api();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            api.publish("news", &format!("e{i}"), "x").await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Runs the binary on `text` in `workdir`, expecting it to exit non-zero before listening;
 /// returns its stderr.
 fn failed_start(text: &str, workdir: &Path) -> String {
@@ -60,18 +75,7 @@ async fn acknowledged_events_survive_kill_9() {
     let dir = scratch("kill");
     let mut server = ServerProcess::start_in(config_text(""), &dir).await;
     subscribe(&server, "reader", "news").await;
-    // Concurrent publishes (they share commits); every one answered 200.
-    let api = server.api();
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let api = api.clone();
-        tasks.push(tokio::spawn(async move {
-            api.publish("news", &format!("e{i}"), "x").await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    publish_concurrently(&server, 40).await;
     server.kill9();
 
     let server = ServerProcess::start_in(config_text(""), &dir).await;
@@ -96,6 +100,60 @@ async fn acknowledged_events_survive_kill_9() {
     assert!(after[0]["id"].as_u64().unwrap() > ids[0]);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_with_mongodb() {
+    // SecantusDB on disk, syncing every commit; pushi is killed, the database is not.
+    let mongo = support::mongo::MongoServer::start_on_disk();
+    let text = config_text(&format!(
+        "[mongodb]\nuri = \"{}\"\ndatabase = \"durability\"\n",
+        mongo.uri()
+    ));
+    let dir = scratch("kill-mongo");
+    let mut server = ServerProcess::start_in(text.clone(), &dir).await;
+    wait_ready(&server).await;
+    subscribe(&server, "reader", "news").await;
+    publish_concurrently(&server, 40).await;
+    server.kill9();
+
+    let server = ServerProcess::start_in(text, &dir).await;
+    wait_ready(&server).await;
+    let stored = events(&server, "reader").await;
+    assert_eq!(stored.len(), 40, "every acknowledged event is there");
+    let ids: Vec<u64> = stored.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "distinct, newest first"
+    );
+    server.api().publish("news", "later", "x").await;
+    let after = events(&server, "reader").await;
+    assert_eq!(after[0]["event"], "later");
+    assert!(after[0]["id"].as_u64().unwrap() > ids[0]);
+    assert!(
+        !dir.join("pushi-data").exists(),
+        "with [mongodb], nothing is stored on local disk"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (bounded) until `/ready` answers 200.
+async fn wait_ready(server: &ServerProcess) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = reqwest::get(server.http_url("/ready")).await.unwrap();
+        if r.status().as_u16() == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready: {}\n{}",
+            r.text().await.unwrap_or_default(),
+            server.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! One contract, every backend: the stored-event and offline-subscription traits
 //! (`pushi::storage`) checked against the embedded store (redb in a scratch directory) and the
-//! MongoDB store (SecantusDB over TCP with the official driver). Each case is a generic async
+//! MongoDB store (SecantusDB over TCP with the official driver, one server per test). Each case is a generic async
 //! function over a [`Harness`]; the `suite!` macro runs all of them for one backend.
 
 mod support;
@@ -35,7 +35,10 @@ fn event(channel: &str, name: &str, ts: u64) -> NewEvent {
 }
 
 async fn append(s: &Storage, app: &str, events: Vec<NewEvent>) -> Vec<u64> {
-    s.events.append(app, events).await.expect("append")
+    s.events
+        .append(app, events, Box::new(|_| {}))
+        .await
+        .expect("append")
 }
 
 async fn publish(s: &Storage, app: &str, channel: &str, name: &str) -> u64 {
@@ -73,7 +76,11 @@ async fn ids_increase<H: Harness>() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             s.events
-                .append("1", vec![event("c", &format!("e{i}"), 10)])
+                .append(
+                    "1",
+                    vec![event("c", &format!("e{i}"), 10)],
+                    Box::new(|_| {}),
+                )
                 .await
                 .unwrap()[0]
         }));
@@ -366,6 +373,65 @@ impl Harness for Redb {
     }
 }
 
+/// MongoDB: SecantusDB (one server per test) with the official driver, a fresh database.
+struct Mongo {
+    server: support::mongo::MongoServer,
+    database: String,
+    storage: Storage,
+}
+
+async fn open_mongo(server: &support::mongo::MongoServer, database: &str) -> Storage {
+    let config = pushi::config::MongoConfig {
+        uri: server.uri(),
+        database: database.to_string(),
+        connect_timeout: 5,
+        server_selection_timeout: 5,
+        startup_timeout: 30,
+        change_stream: true,
+        poll_interval: 1,
+    };
+    let connection = pushi::apps::mongo::Connection::open(&config)
+        .await
+        .expect("connection");
+    let (storage, store) = pushi::storage::mongo::MongoStore::open(&connection);
+    store.ensure_indexes().await.expect("indexes");
+    storage
+}
+
+impl Harness for Mongo {
+    async fn open() -> Self {
+        let server = support::mongo::MongoServer::start();
+        let database = support::unique("suite");
+        let storage = open_mongo(&server, &database).await;
+        Mongo {
+            server,
+            database,
+            storage,
+        }
+    }
+
+    fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    fn reopen(self) -> Pin<Box<dyn Future<Output = Self>>> {
+        Box::pin(async move {
+            let Mongo {
+                server,
+                database,
+                storage,
+            } = self;
+            drop(storage);
+            let storage = open_mongo(&server, &database).await;
+            Mongo {
+                server,
+                database,
+                storage,
+            }
+        })
+    }
+}
+
 macro_rules! suite {
     ($backend:ident, $harness:ty) => {
         mod $backend {
@@ -401,3 +467,4 @@ macro_rules! suite {
 }
 
 suite!(embedded, Redb);
+suite!(mongodb, Mongo);

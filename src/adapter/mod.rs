@@ -16,6 +16,17 @@ use crate::registry::{ChannelStats, Frame, Registry};
 pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// Delivers `frame` to every subscriber of `channel` on every node, except `except`.
     async fn publish(&self, app_id: &str, channel: &str, frame: Frame, except: Option<SocketId>);
+    /// Delivers a stored event's `frame` to every subscriber of the personal `channel` on
+    /// every node, except `except`, tagged with its id so that a subscribe racing the
+    /// publish delivers it once.
+    async fn publish_stored(
+        &self,
+        app_id: &str,
+        channel: &str,
+        id: u64,
+        frame: Frame,
+        except: Option<SocketId>,
+    );
     /// Counts for one channel across the cluster.
     async fn channel_stats(&self, app_id: &str, channel: &str) -> ChannelStats;
     /// Every occupied channel across the cluster.
@@ -43,6 +54,18 @@ impl LocalAdapter {
 impl Adapter for LocalAdapter {
     async fn publish(&self, app_id: &str, channel: &str, frame: Frame, except: Option<SocketId>) {
         self.registry.publish(app_id, channel, &frame, except);
+    }
+
+    async fn publish_stored(
+        &self,
+        app_id: &str,
+        channel: &str,
+        id: u64,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) {
+        self.registry
+            .publish_stored(app_id, channel, id, &frame, except);
     }
 
     async fn channel_stats(&self, app_id: &str, channel: &str) -> ChannelStats {

@@ -63,18 +63,23 @@ impl RegistryError {
     }
 }
 
-/// The registry: one collection on one client (the driver pools connections and finds the
-/// primary again after a failover).
+/// A client on `[mongodb]`, shared by the registry and the MongoDB store (the driver pools
+/// connections and finds the primary again after a failover).
 #[derive(Debug, Clone)]
-pub struct Registry {
-    apps: Collection<Document>,
-    uri: String,
-    password: Option<String>,
+pub struct Connection {
+    /// The driver's client.
+    pub client: Client,
+    /// `mongodb.database`.
+    pub database: String,
+    /// The URI, password redacted.
+    pub uri: String,
+    /// The URI's password, scrubbed from every message.
+    pub password: Option<String>,
 }
 
-impl Registry {
+impl Connection {
     /// Parses the URI and builds the client; no server is contacted yet.
-    pub async fn open(config: &MongoConfig) -> Result<Registry, RegistryError> {
+    pub async fn open(config: &MongoConfig) -> Result<Connection, RegistryError> {
         let uri = redact_uri(&config.uri);
         let mut options =
             ClientOptions::parse(&config.uri)
@@ -92,12 +97,48 @@ impl Registry {
             uri: uri.clone(),
             why: e.kind.to_string(),
         })?;
-        let apps = client.database(&config.database).collection(COLLECTION);
-        Ok(Registry {
-            apps,
+        Ok(Connection {
+            client,
+            database: config.database.clone(),
             uri,
             password,
         })
+    }
+
+    /// `message` with the URI's password replaced by `***` (driver messages name hosts, not
+    /// passwords; this makes sure of it).
+    pub fn scrub(&self, message: &str) -> String {
+        match &self.password {
+            Some(p) if !p.is_empty() => message.replace(p.as_str(), "***"),
+            _ => message.to_string(),
+        }
+    }
+}
+
+/// The registry: the `apps` collection.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    apps: Collection<Document>,
+    uri: String,
+    password: Option<String>,
+}
+
+impl Registry {
+    /// Parses the URI and builds the client; no server is contacted yet.
+    pub async fn open(config: &MongoConfig) -> Result<Registry, RegistryError> {
+        Ok(Registry::on(&Connection::open(config).await?))
+    }
+
+    /// The registry over an open connection.
+    pub fn on(connection: &Connection) -> Registry {
+        Registry {
+            apps: connection
+                .client
+                .database(&connection.database)
+                .collection(COLLECTION),
+            uri: connection.uri.clone(),
+            password: connection.password.clone(),
+        }
     }
 
     /// The URI, password redacted.

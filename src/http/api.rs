@@ -164,9 +164,11 @@ impl Authorized {
                     None => DEFAULT_EVENTS_LIMIT,
                     Some(text) => match text.parse::<usize>() {
                         Ok(n) if (1..=MAX_EVENTS_LIMIT).contains(&n) => n,
-                        _ => return Err(ApiError::bad(format!(
+                        _ => {
+                            return Err(ApiError::bad(format!(
                             "'limit' must be an integer from 1 to {MAX_EVENTS_LIMIT}, not {text:?}"
-                        ))),
+                        )))
+                        }
                     },
                 };
                 let before = match param("before") {

@@ -163,7 +163,8 @@ pub fn metrics_routes(
 
 fn ready_response(ctx: &Context) -> Response {
     let health = ctx.apps.health();
-    let status = if health.loaded {
+    let stored = ctx.publisher.is_loaded();
+    let status = if health.loaded && stored {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -177,11 +178,16 @@ fn ready_response(ctx: &Context) -> Response {
     // 503) but live traffic goes on, so the node stays ready.
     let storage = ctx.publisher.storage();
     let (storage_state, storage_error, storage_since) = match storage.status.degraded() {
-        Some((why, since)) => ("degraded", Some(why), Some(since)),
+        Some((why, since)) => (
+            if stored { "degraded" } else { "loading" },
+            Some(why),
+            Some(since),
+        ),
+        None if !stored => ("loading", None, None),
         None => ("ok", None, None),
     };
     let body = serde_json::json!({
-        "ready": health.loaded,
+        "ready": health.loaded && stored,
         "registry": {
             "source": health.source,
             "state": state,

@@ -17,6 +17,43 @@ pub fn personal_channel(user: &str) -> String {
     format!("{PERSONAL_PREFIX}{user}")
 }
 
+/// Prefix of a peer channel (EXTENSIONS.md §3): `peer-<base>;<a>,<b>` is the private line of
+/// users `a` and `b` (byte order) of `presence-<base>`.
+pub const PEER_PREFIX: &str = "peer-";
+
+/// Whether a presence user can be paired: its id goes into a channel name, so it must use
+/// the channel characters, and `;` and `,` separate the parts of the name.
+pub fn peer_eligible(user: &str) -> bool {
+    !user.is_empty()
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-=@.".contains(&b))
+}
+
+/// The peer channel of users `x` and `y` on `presence-<base>`, when both can be paired and
+/// the name fits [`MAX_CHANNEL_NAME_LEN`].
+pub fn peer_channel(base: &str, x: &str, y: &str) -> Option<String> {
+    if x == y || !peer_eligible(x) || !peer_eligible(y) {
+        return None;
+    }
+    let (a, b) = if x.as_bytes() < y.as_bytes() {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    let name = format!("{PEER_PREFIX}{base};{a},{b}");
+    (name.len() <= MAX_CHANNEL_NAME_LEN).then_some(name)
+}
+
+/// The presence channel and the two users of a peer channel name; `None` when the name is
+/// not one [`peer_channel`] makes.
+pub fn parse_peer(name: &str) -> Option<(String, &str, &str)> {
+    let rest = name.strip_prefix(PEER_PREFIX)?;
+    let (base, users) = rest.rsplit_once(';')?;
+    let (a, b) = users.split_once(',')?;
+    (peer_channel(base, a, b).as_deref() == Some(name)).then(|| (format!("presence-{base}"), a, b))
+}
+
 /// What a channel's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -30,6 +67,8 @@ pub enum ChannelKind {
     Presence,
     /// `#server-to-user-<id>`: only the user's signed-in sockets receive it.
     ServerToUser,
+    /// `peer-<base>;<a>,<b>`: only the pair's sockets on `presence-<base>` may subscribe.
+    Peer,
 }
 
 impl ChannelKind {
@@ -44,6 +83,8 @@ impl ChannelKind {
             ChannelKind::Presence
         } else if name.starts_with(SERVER_TO_USER_PREFIX) {
             ChannelKind::ServerToUser
+        } else if name.starts_with(PEER_PREFIX) {
+            ChannelKind::Peer
         } else {
             ChannelKind::Public
         }
@@ -133,6 +174,31 @@ impl fmt::Display for ChannelName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_names() {
+        assert_eq!(
+            peer_channel("room", "bob", "alice").as_deref(),
+            Some("peer-room;alice,bob")
+        );
+        assert_eq!(peer_channel("room", "alice", "alice"), None);
+        assert_eq!(peer_channel("room", "a;b", "c"), None);
+        assert_eq!(peer_channel("room", "a,b", "c"), None);
+        assert_eq!(peer_channel("room", "a b", "c"), None);
+        assert_eq!(peer_channel("room", &"x".repeat(80), &"y".repeat(80)), None);
+        assert_eq!(
+            parse_peer("peer-room;alice,bob"),
+            Some(("presence-room".to_string(), "alice", "bob"))
+        );
+        assert_eq!(
+            parse_peer("peer-a;b;alice,bob").map(|p| p.0),
+            Some("presence-a;b".into())
+        );
+        assert_eq!(parse_peer("peer-room;bob,alice"), None, "not in byte order");
+        assert_eq!(parse_peer("peer-room;alice"), None);
+        assert_eq!(parse_peer("peer-room"), None);
+        assert_eq!(ChannelKind::of("peer-room;alice,bob"), ChannelKind::Peer);
+    }
 
     #[test]
     fn kinds() {

@@ -222,6 +222,9 @@ pub struct PresenceMember {
     pub user_id: String,
     /// `user_info` as sent (`null` when absent).
     pub user_info: Box<RawValue>,
+    /// `"peer": true` at top level or in `user_info` (EXTENSIONS.md §3): pair this user with
+    /// the channel's other peer members.
+    pub peer: bool,
 }
 
 /// Why presence `channel_data` was refused.
@@ -255,6 +258,13 @@ impl PresenceMember {
             user_id: Option<&'a RawValue>,
             #[serde(borrow)]
             user_info: Option<&'a RawValue>,
+            #[serde(default)]
+            peer: Option<Value>,
+        }
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(default)]
+            peer: Option<Value>,
         }
         // serde would also read a JSON array into the struct; only an object is valid here.
         if !channel_data.trim_start().starts_with('{') {
@@ -278,7 +288,14 @@ impl PresenceMember {
             }
             None => null(),
         };
-        Ok(PresenceMember { user_id, user_info })
+        let flag = |v: Option<Value>| v == Some(Value::Bool(true));
+        let peer = flag(data.peer)
+            || serde_json::from_str::<Info>(user_info.get()).is_ok_and(|i| flag(i.peer));
+        Ok(PresenceMember {
+            user_id,
+            user_info,
+            peer,
+        })
     }
 }
 
@@ -485,6 +502,18 @@ pub fn client_event(event: &str, channel: &str, data: &RawValue, user_id: Option
         user_id,
     };
     serde_json::to_string(&f).expect("frames serialize")
+}
+
+/// `pushi:peer_added` / `pushi:peer_removed` on a presence channel (EXTENSIONS.md §3): the
+/// pair's peer channel and the other user.
+pub fn peer_event(added: bool, presence: &str, peer: &str, other: &str) -> String {
+    let event = if added {
+        "pushi:peer_added"
+    } else {
+        "pushi:peer_removed"
+    };
+    let data = serde_json::json!({ "channel": peer, "user_id": other }).to_string();
+    frame(event, Some(presence), data)
 }
 
 /// An event delivered on a personal channel (EXTENSIONS.md §2): relabelled to the personal

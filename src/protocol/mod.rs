@@ -9,7 +9,10 @@ pub mod codes;
 pub mod message;
 pub mod socket_id;
 
-pub use channel::{personal_channel, ChannelKind, ChannelName, PERSONAL_PREFIX};
+pub use channel::{
+    parse_peer, peer_channel, peer_eligible, personal_channel, ChannelKind, ChannelName,
+    PEER_PREFIX, PERSONAL_PREFIX,
+};
 pub use codes::Close;
 pub use message::{ClientMessage, ProtocolError};
 pub use socket_id::SocketId;

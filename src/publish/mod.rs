@@ -12,21 +12,26 @@
 //! - A publish to a channel nobody is offline-subscribed to never reaches the store.
 //! - A channel with many offline subscribers costs one stored event per publish; personal
 //!   channels are reached only for subscribers whose personal channel is live.
-//! - Delivery follows the commit, so ids arrive in increasing order on every socket.
+//! - Stored events reach personal channels from the commit, in commit order, so every
+//!   personal socket sees ids increasing (clients keep the highest as their cursor).
 
 mod index;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::adapter::Adapter;
 use crate::apps::App;
 use crate::config::Config;
 use crate::protocol::{message, personal_channel, ChannelName, SocketId};
 use crate::registry::{Frame, Registry};
-use crate::storage::{self, NewEvent, Storage, StoreError};
+use crate::storage::{self, NewEvent, OnCommit, Storage, StoreError};
 use crate::webhooks::{Event, Webhooks};
 pub use index::SubIndex;
 
@@ -47,6 +52,43 @@ impl Data {
                 RawValue::from_string(json).expect("a JSON string is JSON")
             }
             Data::Raw(raw) => raw.clone(),
+        }
+    }
+}
+
+/// A stored event for the personal channels of its channel's offline subscribers.
+struct Personal {
+    app: String,
+    id: u64,
+    channel: String,
+    event: String,
+    data: Box<RawValue>,
+    user_id: Option<Arc<str>>,
+    users: Arc<HashSet<Arc<str>>>,
+    except: Option<SocketId>,
+}
+
+/// Delivers stored events to the live personal channels of their users, one at a time in
+/// commit order; one frame per personal channel (it names the channel).
+async fn deliver_personal(
+    mut lane: mpsc::UnboundedReceiver<Personal>,
+    adapter: Arc<dyn Adapter>,
+    registry: Registry,
+) {
+    while let Some(job) = lane.recv().await {
+        for user in registry.live_personal(&job.app, &job.users) {
+            let personal = personal_channel(&user);
+            let frame = message::personal_event(
+                &job.event,
+                &personal,
+                &job.data,
+                &job.channel,
+                job.id,
+                job.user_id.as_deref(),
+            );
+            adapter
+                .publish_stored(&job.app, &personal, job.id, Frame::from(frame), job.except)
+                .await;
         }
     }
 }
@@ -96,6 +138,11 @@ pub enum SubscribeError {
 pub struct Publisher {
     storage: Storage,
     index: Arc<SubIndex>,
+    /// Stored events on their way to personal channels, in commit order.
+    lane: mpsc::UnboundedSender<Personal>,
+    /// The index holds the store's open subscriptions; until then nothing is published
+    /// (a publish could not know what to store).
+    loaded: Arc<AtomicBool>,
     adapter: Arc<dyn Adapter>,
     registry: Registry,
     webhooks: Webhooks,
@@ -111,9 +158,13 @@ impl Publisher {
         webhooks: Webhooks,
         config: Arc<Config>,
     ) -> Publisher {
+        let (lane, rx) = mpsc::unbounded_channel();
+        tokio::spawn(deliver_personal(rx, adapter.clone(), registry.clone()));
         Publisher {
             storage,
             index: Arc::new(SubIndex::default()),
+            lane,
+            loaded: Arc::new(AtomicBool::new(false)),
             adapter,
             registry,
             webhooks,
@@ -121,14 +172,53 @@ impl Publisher {
         }
     }
 
-    /// Fills the index from the store's open subscriptions (at startup).
+    /// Prepares the store and fills the index from its open subscriptions (at startup);
+    /// publishing starts once it succeeded.
     pub async fn load(&self) -> Result<usize, StoreError> {
+        self.storage.subscriptions.prepare().await?;
         let active = self.storage.subscriptions.active().await?;
         let n = active.len();
         for a in active {
             self.index.add(&a.app, &a.channel, &a.user);
         }
+        self.loaded.store(true, Ordering::Release);
         Ok(n)
+    }
+
+    /// [`Publisher::load`] until it succeeds (backing off from 0.25 s to 5 s) or `shutdown`.
+    pub async fn load_until_ready(self, shutdown: CancellationToken) {
+        let mut wait = Duration::from_millis(250);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match self.load().await {
+                Ok(n) => {
+                    tracing::info!(
+                        subscriptions = n,
+                        backend = self.storage.backend,
+                        "offline subscriptions loaded; publishing"
+                    );
+                    return;
+                }
+                Err(_) => wait = (wait * 2).min(Duration::from_secs(5)),
+            }
+        }
+    }
+
+    /// Whether the offline subscriptions are loaded (publishing works).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn check_loaded(&self) -> Result<(), StoreError> {
+        match self.is_loaded() {
+            true => Ok(()),
+            false => Err(StoreError::Unavailable(
+                "offline subscriptions are still loading from the store; try again shortly".into(),
+            )),
+        }
     }
 
     /// The store.
@@ -142,38 +232,53 @@ impl Publisher {
         app: &Arc<App>,
         publications: Vec<Publication>,
     ) -> Result<(), StoreError> {
+        self.check_loaded()?;
         let subscribers: Vec<Option<Arc<HashSet<Arc<str>>>>> = publications
             .iter()
             .map(|p| self.index.subscribers(&app.id, &p.channel))
             .collect();
-        let mut stored: Vec<Option<(u64, Box<RawValue>)>> = vec![None; publications.len()];
         let wanted: Vec<usize> = (0..publications.len())
             .filter(|i| subscribers[*i].is_some())
             .collect();
         if !wanted.is_empty() {
             let now = storage::now_ms();
             let mut new = Vec::with_capacity(wanted.len());
+            let mut personal = Vec::with_capacity(wanted.len());
             for &i in &wanted {
                 let p = &publications[i];
+                let user_id = p.sender.as_ref().and_then(|s| s.user_id.clone());
+                let data = p.data.raw();
                 new.push(NewEvent {
                     channel: p.channel.clone(),
                     event: p.event.clone(),
-                    data: p.data.raw(),
-                    user_id: p
-                        .sender
-                        .as_ref()
-                        .and_then(|s| s.user_id.as_deref().map(str::to_string)),
+                    data: data.clone(),
+                    user_id: user_id.as_deref().map(str::to_string),
                     timestamp_ms: now,
                 });
+                personal.push(Personal {
+                    app: app.id.clone(),
+                    id: 0,
+                    channel: p.channel.clone(),
+                    event: p.event.clone(),
+                    data,
+                    user_id,
+                    users: subscribers[i].clone().expect("wanted"),
+                    except: p.except,
+                });
             }
-            let datas: Vec<Box<RawValue>> = new.iter().map(|e| e.data.clone()).collect();
-            let ids = self.storage.events.append(&app.id, new).await?;
-            for ((i, id), data) in wanted.into_iter().zip(ids).zip(datas) {
-                stored[i] = Some((id, data));
-            }
+            // Personal channels hear of stored events in id order (their clients' cursor),
+            // so delivery there runs from the commit, not from this task.
+            let lane = self.lane.clone();
+            let on_commit: OnCommit = Box::new(move |ids: &[u64]| {
+                for (mut job, id) in personal.into_iter().zip(ids) {
+                    job.id = *id;
+                    let _ = lane.send(job);
+                }
+            });
+            self.storage.events.append(&app.id, new, on_commit).await?;
         }
         let ttl = std::time::Duration::from_secs(self.config.limits.cache_ttl);
-        for ((p, subs), stored) in publications.into_iter().zip(subscribers).zip(stored) {
+        for p in publications {
             let user_id = p.sender.as_ref().and_then(|s| s.user_id.clone());
             let frame = Frame::from(match &p.data {
                 Data::Text(text) => message::channel_event(&p.event, &p.channel, text),
@@ -190,22 +295,6 @@ impl Publisher {
             self.adapter
                 .publish(&app.id, &p.channel, frame, p.except)
                 .await;
-            if let (Some(subs), Some((id, data))) = (subs, stored) {
-                for user in self.registry.live_personal(&app.id, &subs) {
-                    let personal = personal_channel(&user);
-                    let frame = message::personal_event(
-                        &p.event,
-                        &personal,
-                        &data,
-                        &p.channel,
-                        id,
-                        user_id.as_deref(),
-                    );
-                    self.adapter
-                        .publish(&app.id, &personal, Frame::from(frame), p.except)
-                        .await;
-                }
-            }
             if let (Some(sender), Data::Raw(data)) = (p.sender, p.data) {
                 let hook = Event::ClientEvent {
                     channel: p.channel,
@@ -230,6 +319,7 @@ impl Publisher {
         channel: &str,
         subscribe: bool,
     ) -> Result<bool, SubscribeError> {
+        self.check_loaded()?;
         // One change per user at a time, so the index follows the store in commit order and
         // the per-user limit holds.
         let _turn = self.index.lock_user(app, user).await;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
 
-use super::conn::{Conn, Frame};
+use super::conn::{Conn, Control, Frame};
 use crate::protocol::message::{self, PresenceMember};
-use crate::protocol::SocketId;
+use crate::protocol::{peer_channel, SocketId};
 
 /// A subscribed connection; `user_id` is set on presence channels.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub(super) struct Subscriber {
 struct Member {
     info: Box<RawValue>,
     sockets: usize,
+    /// Set by the member's first socket's `channel_data` (`"peer": true`).
+    peer: bool,
 }
 
 /// Why a subscription was refused by the channel itself.
@@ -107,9 +109,31 @@ impl Channel {
                 Member {
                     info: member.user_info,
                     sockets: 0,
+                    peer: member.peer,
                 },
             );
             change.member_added = Some(user_id.clone());
+        }
+        // Pairs: a new peer member pairs with every other one (both sides hear of it); a
+        // further socket of a peer member joins the pairs its user already has.
+        for (other, peer) in self.pairs_of(name, &user_id) {
+            if is_new {
+                let added = Frame::from(message::peer_event(true, name, &peer, &user_id));
+                for sub in self.subscribers.values() {
+                    if sub.user_id.as_deref() == Some(&*other) {
+                        sub.conn.send(added.clone());
+                        sub.conn.control(Control::Subscribe {
+                            channel: peer.clone(),
+                            user_id: other.clone(),
+                        });
+                    }
+                }
+            }
+            conn.send(Frame::from(message::peer_event(true, name, &peer, &other)));
+            conn.control(Control::Subscribe {
+                channel: peer,
+                user_id: user_id.clone(),
+            });
         }
         if let Some(m) = self.members.get_mut(&user_id) {
             m.sockets += 1;
@@ -143,6 +167,24 @@ impl Channel {
                 }
                 None => false,
             };
+            // This socket leaves its user's pairs; when it was the user's last, the pairs end
+            // for both sides.
+            for (other, peer) in self.pairs_of(name, &user_id) {
+                if gone {
+                    sub.conn
+                        .send(Frame::from(message::peer_event(false, name, &peer, &other)));
+                    let removed = Frame::from(message::peer_event(false, name, &peer, &user_id));
+                    for s in self.subscribers.values() {
+                        if s.user_id.as_deref() == Some(&*other) {
+                            s.conn.send(removed.clone());
+                            s.conn.control(Control::Unsubscribe {
+                                channel: peer.clone(),
+                            });
+                        }
+                    }
+                }
+                sub.conn.control(Control::Unsubscribe { channel: peer });
+            }
             if gone {
                 self.members.remove(&user_id);
                 let frame = Frame::from(message::member_removed(name, &user_id));
@@ -175,6 +217,27 @@ impl Channel {
             sub.conn.send(frame.clone());
         }
         true
+    }
+
+    /// Whether `user` is a member that asked to be paired.
+    pub(super) fn is_peer(&self, user: &str) -> bool {
+        self.members.get(user).is_some_and(|m| m.peer)
+    }
+
+    /// The other peer members `user` is paired with, each with the pair's channel (none when
+    /// `user` is not a peer member, or an id cannot be paired).
+    fn pairs_of(&self, name: &str, user: &str) -> Vec<(Arc<str>, String)> {
+        let Some(base) = name.strip_prefix("presence-") else {
+            return Vec::new();
+        };
+        if !self.is_peer(user) {
+            return Vec::new();
+        }
+        self.members
+            .iter()
+            .filter(|(id, m)| m.peer && &***id != user)
+            .filter_map(|(id, _)| Some((id.clone(), peer_channel(base, user, id)?)))
+            .collect()
     }
 
     /// Number of distinct presence users.

@@ -11,19 +11,65 @@ use crate::protocol::{Close, SocketId};
 /// shared by every subscriber and handed to tungstenite without a copy.
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
+/// One item of a connection's queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write.
+    Frame(Frame),
+    /// A stored event on a personal channel, with its id: the session drops it when its
+    /// subscription replay already held it (a publish racing the subscribe).
+    Stored {
+        /// The stored event's id.
+        id: u64,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A change to the session's subscriptions.
+    Control(Box<Control>),
+}
+
+/// Something the server does to a session's subscriptions from outside it (a peer pair
+/// formed or ended); the session applies it when it reads its queue, so that its own record of
+/// its channels and the registry never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Subscribe to `channel` as `user_id` (no-op when subscribed).
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// The user the socket is there (client events carry it).
+        user_id: Arc<str>,
+    },
+    /// Unsubscribe from `channel` (no-op when not subscribed).
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+}
+
+impl Outbound {
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Outbound::Frame(frame) | Outbound::Stored { frame, .. } => frame.as_str(),
+            Outbound::Control(_) => "",
+        }
+    }
+}
+
 /// The shared half of a connection. The session task owns the receiving end of the queue.
 #[derive(Debug)]
 pub struct Conn {
     /// The connection's id.
     pub socket_id: SocketId,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Outbound>,
     close: OnceLock<Close>,
     wake: Notify,
 }
 
 impl Conn {
     /// A handle and the receiving end of its queue, which holds at most `capacity` frames.
-    pub fn new(socket_id: SocketId, capacity: usize) -> (Arc<Conn>, mpsc::Receiver<Frame>) {
+    pub fn new(socket_id: SocketId, capacity: usize) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         let conn = Conn {
             socket_id,
@@ -38,7 +84,21 @@ impl Conn {
     /// frame is dropped and the session is asked to close with [`Close::TOO_SLOW`], so memory
     /// per connection stays bounded.
     pub fn send(&self, frame: Frame) {
-        match self.tx.try_send(frame) {
+        self.push(Outbound::Frame(frame));
+    }
+
+    /// Queues a change to the session's subscriptions.
+    pub fn control(&self, control: Control) {
+        self.push(Outbound::Control(Box::new(control)));
+    }
+
+    /// Queues a stored event of a personal channel (see [`Outbound::Stored`]).
+    pub fn send_stored(&self, id: u64, frame: Frame) {
+        self.push(Outbound::Stored { id, frame });
+    }
+
+    fn push(&self, item: Outbound) {
+        match self.tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.request_close(Close::TOO_SLOW),
             // The session is gone; its cleanup will remove this handle.

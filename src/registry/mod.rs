@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio::time::{Duration, Instant};
 
 pub use channel::{Change, SubscribeError};
-pub use conn::{Conn, Frame};
+pub use conn::{Conn, Control, Frame, Outbound};
 
 use crate::protocol::message::{self, PresenceMember};
 use crate::protocol::{Close, SocketId, PERSONAL_PREFIX};
@@ -331,6 +331,29 @@ impl Registry {
         sent
     }
 
+    /// Queues a stored event for every local subscriber of the personal `channel` but
+    /// `except`, with its id (see [`Outbound::Stored`]).
+    pub fn publish_stored(
+        &self,
+        app_id: &str,
+        channel: &str,
+        id: u64,
+        frame: &Frame,
+        except: Option<SocketId>,
+    ) {
+        let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
+            return;
+        };
+        let Some(c) = app.channels.get(channel) else {
+            return;
+        };
+        for (sid, sub) in &c.subscribers {
+            if Some(*sid) != except {
+                sub.conn.send_stored(id, frame.clone());
+            }
+        }
+    }
+
     /// Counts for one channel (zeros when nobody is subscribed).
     pub fn channel_stats(&self, app_id: &str, channel: &str) -> ChannelStats {
         let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
@@ -361,6 +384,17 @@ impl Registry {
                 (c.key().clone(), stats)
             })
             .collect()
+    }
+
+    /// Whether `a` and `b` are both peer members of the presence channel (so
+    /// `peer-<base>;<a>,<b>` is theirs).
+    pub fn is_pair(&self, app_id: &str, presence: &str, a: &str, b: &str) -> bool {
+        let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
+            return false;
+        };
+        app.channels
+            .get(presence)
+            .is_some_and(|c| c.is_peer(a) && c.is_peer(b))
     }
 
     /// User ids present on a presence channel.
@@ -521,7 +555,7 @@ mod tests {
         for (conn, _) in &conns {
             reg.subscribe("1", "c", conn, None, 100, true).unwrap();
         }
-        let received = |rx: &mut tokio::sync::mpsc::Receiver<Frame>| {
+        let received = |rx: &mut tokio::sync::mpsc::Receiver<Outbound>| {
             let mut n = 0;
             while rx.try_recv().is_ok() {
                 n += 1;

@@ -34,11 +34,13 @@ use crate::auth;
 use crate::context::Context;
 use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
-    codes, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
+    codes, parse_peer, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
+    PERSONAL_PREFIX,
 };
 use crate::publish::{Data, Publication, Sender};
-use crate::registry::{Change, Conn, Frame};
+use crate::registry::{Change, Conn, Control, Frame, Outbound};
 use crate::session::{Handshake, WriteMeter};
+use crate::storage::{self, StoreError};
 use crate::webhooks::Event;
 
 /// How long a closing handshake may take before the socket is dropped.
@@ -91,6 +93,7 @@ where
         wire: Wire {
             ws,
             rx,
+            floors: Vec::new(),
             outbox: VecDeque::new(),
             unflushed: false,
         },
@@ -167,6 +170,21 @@ where
     }
 }
 
+/// The `since` of a personal channel's channel_data: absent, or a non-negative integer.
+fn personal_since(channel_data: &str) -> Result<Option<u64>, String> {
+    let value: serde_json::Value = serde_json::from_str(channel_data)
+        .map_err(|_| "Invalid channel_data: not JSON".to_string())?;
+    let Some(obj) = value.as_object() else {
+        return Err("Invalid channel_data: a personal channel takes a JSON object".into());
+    };
+    match obj.get("since") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            format!("Invalid channel_data: 'since' must be an event id (a non-negative integer), not {v}")
+        }),
+    }
+}
+
 fn text(s: String) -> Message {
     Message::Text(s.into())
 }
@@ -175,7 +193,10 @@ fn text(s: String) -> Message {
 struct Wire<S> {
     ws: S,
     /// The connection's bounded queue (fan-out from other tasks).
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Outbound>,
+    /// Personal channels this socket is subscribed to, with the highest stored-event id
+    /// their subscription replayed: a stored event at or below it was replayed already.
+    floors: Vec<(String, u64)>,
     /// Messages to hand to the socket, in order: replies, and frames taken from `rx`.
     outbox: VecDeque<Message>,
     /// The socket holds messages not flushed yet.
@@ -190,12 +211,38 @@ enum Io {
     QueueClosed,
     /// The socket failed while writing.
     WriteFailed,
+    /// The server changed this session's subscriptions (a peer pair formed or ended).
+    Control(Box<Control>),
 }
 
 impl<S> Wire<S>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
+    /// Whether a stored event of a personal channel was not in that channel's replay.
+    fn fresh(&self, id: u64, frame: &Frame) -> bool {
+        match self.floors.as_slice() {
+            [] => true,
+            // One personal channel: every stored event is for it.
+            [(_, floor)] => id > *floor,
+            floors => {
+                #[derive(serde::Deserialize)]
+                struct Head<'a> {
+                    #[serde(borrow)]
+                    channel: std::borrow::Cow<'a, str>,
+                }
+                let head: Option<Head<'_>> = serde_json::from_str(frame.as_str()).ok();
+                let floor = head.and_then(|h| {
+                    floors
+                        .iter()
+                        .find(|(c, _)| *c == h.channel)
+                        .map(|(_, f)| *f)
+                });
+                floor.is_none_or(|floor| id > floor)
+            }
+        }
+    }
+
     /// Whether anything waits to reach the socket.
     fn writing(&self) -> bool {
         !self.outbox.is_empty() || self.unflushed
@@ -209,7 +256,17 @@ where
             let mut moved = false;
             while self.outbox.len() < WRITE_BATCH {
                 match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => self.outbox.push_back(Message::Text(frame)),
+                    Poll::Ready(Some(Outbound::Frame(frame))) => {
+                        self.outbox.push_back(Message::Text(frame))
+                    }
+                    Poll::Ready(Some(Outbound::Stored { id, frame })) => {
+                        if self.fresh(id, &frame) {
+                            self.outbox.push_back(Message::Text(frame))
+                        }
+                    }
+                    Poll::Ready(Some(Outbound::Control(control))) => {
+                        return Poll::Ready(Io::Control(control))
+                    }
                     Poll::Ready(None) => return Poll::Ready(Io::QueueClosed),
                     Poll::Pending => break,
                 }
@@ -358,6 +415,7 @@ where
             match step {
                 Step::Stop(reason) => return End::Close(reason),
                 Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
+                Step::Io(Io::Control(control)) => self.control(*control),
                 Step::Io(Io::Inbound(msg)) => {
                     // Every check reads the app as it is now: a rotated secret, a switch or a
                     // webhook changed since the handshake applies at once.
@@ -459,6 +517,7 @@ where
             ClientMessage::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel).is_some() {
                     self.leave(&channel);
+                    self.wire.floors.retain(|(c, _)| *c != channel);
                 }
                 Ok(())
             }
@@ -546,6 +605,27 @@ where
                 return self.refuse_subscription(&channel, "AuthError", msg, 403);
             }
         }
+        // A peer channel is its pair's: the socket must be one of the two users on the
+        // presence channel, both flagged `peer` (EXTENSIONS.md §3).
+        let mut peer_user = None;
+        if kind == ChannelKind::Peer {
+            let mine = parse_peer(&channel).and_then(|(presence, a, b)| {
+                let me = self.subscriptions.get(&presence)?.clone()?;
+                let pair = self.ctx.registry.is_pair(&self.app.id, &presence, a, b);
+                (pair && (*me == *a || *me == *b)).then_some(me)
+            });
+            let Some(me) = mine else {
+                let msg = "Peer channels are only for the two peer members they name, \
+                           while both are on the presence channel";
+                return self.refuse_subscription(&channel, "AuthError", msg, 403);
+            };
+            if self.subscriptions.contains_key(&channel) {
+                // The server subscribed it when the pair formed; subscribing twice is harmless.
+                self.send(vec![text(message::subscription_succeeded(&channel, "{}"))]);
+                return Ok(());
+            }
+            peer_user = Some(me);
+        }
         if kind.needs_auth() {
             let signed = auth::channel_string(&self.socket, &channel, channel_data.as_deref());
             let token = token.as_deref().unwrap_or("");
@@ -553,6 +633,17 @@ where
                 return self.refuse_subscription(&channel, "AuthError", &err.to_string(), 401);
             }
         }
+        // A personal channel may carry `{"since": <event id>}` in its signed channel_data.
+        let personal = channel.strip_prefix(PERSONAL_PREFIX).map(str::to_string);
+        let since = match (&personal, channel_data.as_deref()) {
+            (Some(_), Some(data)) => match personal_since(data) {
+                Ok(since) => since,
+                Err(msg) => {
+                    return self.refuse_subscription(&channel, "SubscriptionError", &msg, 400)
+                }
+            },
+            _ => None,
+        };
         let limits = &self.ctx.config.limits;
         let member = if kind == ChannelKind::Presence {
             let parsed = match channel_data.as_deref() {
@@ -575,7 +666,8 @@ where
         };
         let user_id = member
             .as_ref()
-            .map(|m| Arc::<str>::from(m.user_id.as_str()));
+            .map(|m| Arc::<str>::from(m.user_id.as_str()))
+            .or(peer_user);
         let max_members = limits.max_presence_members;
         let count = self.counts(kind);
         let subscribed = self.ctx.registry.subscribe(
@@ -598,6 +690,30 @@ where
                 if kind.needs_auth() {
                     self.auth_deadline = None;
                 }
+                let data = match personal {
+                    None => data,
+                    // Registered first, then read: an event stored meanwhile is in the
+                    // replay or queued after it, and the floor drops the copy in the queue.
+                    Some(user) => match self.personal_replay(&user, since).await {
+                        Ok((data, floor)) => {
+                            self.wire.floors.retain(|(c, _)| *c != channel);
+                            self.wire.floors.push((channel.clone(), floor));
+                            data
+                        }
+                        Err(err) => {
+                            self.subscriptions.remove(&channel);
+                            self.leave(&channel);
+                            self.wire.floors.retain(|(c, _)| *c != channel);
+                            let msg = format!("Stored events are unavailable: {err}");
+                            return self.refuse_subscription(
+                                &channel,
+                                "SubscriptionError",
+                                &msg,
+                                503,
+                            );
+                        }
+                    },
+                };
                 let mut frames = vec![text(message::subscription_succeeded(&channel, &data))];
                 if name.is_cache() {
                     match self.ctx.registry.cache_get(&self.app.id, &channel) {
@@ -622,6 +738,44 @@ where
         }
     }
 
+    /// The `subscription_succeeded` data of `user`'s personal channel (EXTENSIONS.md §2)
+    /// and the highest id it replays. (Owned arguments: the session is not `Sync`, so no
+    /// borrow of it may live across the read.)
+    fn personal_replay(
+        &self,
+        user: &str,
+        since: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<(String, u64), StoreError>> + Send + 'static {
+        let config = self.ctx.config.storage.clone();
+        let storage = self.ctx.publisher.storage().clone();
+        let (app, user) = (self.app.id.clone(), user.to_string());
+        async move {
+            let replay = storage::replay(
+                &storage,
+                &app,
+                &user,
+                since,
+                config.replay_last,
+                config.replay_max,
+            )
+            .await?;
+            let floor = replay
+                .events
+                .last()
+                .map(|e| e.id)
+                .unwrap_or(0)
+                .max(since.unwrap_or(0));
+            let mut data = serde_json::json!({
+                "channels": replay.channels,
+                "events": replay.events,
+            });
+            if replay.truncated {
+                data["truncated"] = serde_json::Value::Bool(true);
+            }
+            Ok((data.to_string(), floor))
+        }
+    }
+
     async fn client_event(
         &mut self,
         event: String,
@@ -634,10 +788,11 @@ where
         // A name that is not subscribed is refused below either way; only the prefix matters.
         if !matches!(
             ChannelKind::of(&channel),
-            ChannelKind::Private | ChannelKind::Presence
+            ChannelKind::Private | ChannelKind::Presence | ChannelKind::Peer
         ) {
-            let msg =
-                format!("Client event rejected: {channel:?} is not a private or presence channel");
+            let msg = format!(
+                "Client event rejected: {channel:?} is not a private, presence or peer channel"
+            );
             return self.error(None, &msg);
         }
         let Some(user_id) = self.subscriptions.get(&channel).cloned() else {
@@ -775,6 +930,37 @@ where
                     count,
                 },
             );
+        }
+    }
+
+    /// Applies a change the server made to this session's subscriptions.
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Subscribe { channel, user_id } => {
+                if self.subscriptions.contains_key(&channel) {
+                    return;
+                }
+                let kind = ChannelKind::of(&channel);
+                let count = self.counts(kind);
+                let max = self.ctx.config.limits.max_presence_members;
+                let subscribed = self.ctx.registry.subscribe(
+                    &self.app.id,
+                    &channel,
+                    &self.conn,
+                    None,
+                    max,
+                    count,
+                );
+                if let Ok((_, change)) = subscribed {
+                    self.subscriptions.insert(channel.clone(), Some(user_id));
+                    self.report(&channel, &change, count);
+                }
+            }
+            Control::Unsubscribe { channel } => {
+                if self.subscriptions.remove(&channel).is_some() {
+                    self.leave(&channel);
+                }
+            }
         }
     }
 

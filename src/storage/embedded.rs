@@ -33,11 +33,12 @@ use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{
-    ActiveSubscription, ChannelRange, EventStore, Interval, NewEvent, Order, Retention, Storage,
-    StoreError, StoreStatus, StoredEvent, SubscriptionStore, UserChannel,
+    ActiveSubscription, ChannelRange, EventStore, Interval, NewEvent, OnCommit, Op, Order,
+    Retention, Storage, StoreError, StoreStatus, StoredEvent, SubscriptionStore, UserChannel,
+    Writes,
 };
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -71,7 +72,7 @@ pub struct OpenError {
 /// The embedded store.
 #[derive(Debug)]
 pub struct Embedded {
-    queue: mpsc::Sender<Op>,
+    writes: Writes,
     slot: Arc<Slot>,
     status: Arc<StoreStatus>,
 }
@@ -90,26 +91,6 @@ impl Slot {
     }
 }
 
-enum Op {
-    Append {
-        app: String,
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
-    },
-    Subscription {
-        app: String,
-        user: String,
-        channel: String,
-        subscribe: bool,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Prune {
-        retention: Retention,
-        now_ms: u64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-}
-
 enum Outcome {
     Ids(Vec<u64>),
     Changed(bool),
@@ -120,7 +101,15 @@ impl Op {
     fn answer(self, outcome: Result<Outcome, StoreError>) {
         // A caller that went away (request cancelled) no longer needs its answer.
         match (self, outcome) {
-            (Op::Append { reply, .. }, Ok(Outcome::Ids(ids))) => drop(reply.send(Ok(ids))),
+            (
+                Op::Append {
+                    reply, on_commit, ..
+                },
+                Ok(Outcome::Ids(ids)),
+            ) => {
+                on_commit(&ids);
+                drop(reply.send(Ok(ids)))
+            }
             (Op::Subscription { reply, .. }, Ok(Outcome::Changed(c))) => drop(reply.send(Ok(c))),
             (Op::Prune { reply, .. }, Ok(Outcome::Removed(n))) => drop(reply.send(Ok(n))),
             (op, Ok(_)) => op.answer(Err(StoreError::Corrupt("mismatched outcome".into()))),
@@ -186,21 +175,11 @@ impl Embedded {
             .spawn(move || writer.run(rx))
             .expect("the storage thread starts");
         let store = Arc::new(Embedded {
-            queue,
+            writes: Writes(queue),
             slot,
             status: status.clone(),
         });
         Storage::new(store, "embedded", status)
-    }
-
-    async fn submit<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the storage writer has stopped".into());
-        self.queue.send(make(tx)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
     }
 
     /// Runs `read` on a snapshot, off the async workers.
@@ -702,12 +681,13 @@ fn prune(
 
 #[async_trait]
 impl EventStore for Embedded {
-    async fn append(&self, app: &str, events: Vec<NewEvent>) -> Result<Vec<u64>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let app = app.to_string();
-        self.submit(|reply| Op::Append { app, events, reply }).await
+    async fn append(
+        &self,
+        app: &str,
+        events: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.writes.append(app, events, on_commit).await
     }
 
     async fn events(
@@ -766,23 +746,18 @@ impl EventStore for Embedded {
     }
 
     async fn prune(&self, retention: Retention, now_ms: u64) -> Result<u64, StoreError> {
-        self.submit(|reply| Op::Prune {
-            retention,
-            now_ms,
-            reply,
-        })
-        .await
+        self.writes.prune(retention, now_ms).await
     }
 }
 
 #[async_trait]
 impl SubscriptionStore for Embedded {
     async fn subscribe(&self, app: &str, user: &str, channel: &str) -> Result<bool, StoreError> {
-        self.change(app, user, channel, true).await
+        self.writes.change(app, user, channel, true).await
     }
 
     async fn unsubscribe(&self, app: &str, user: &str, channel: &str) -> Result<bool, StoreError> {
-        self.change(app, user, channel, false).await
+        self.writes.change(app, user, channel, false).await
     }
 
     async fn user(&self, app: &str, user: &str) -> Result<Vec<UserChannel>, StoreError> {
@@ -835,26 +810,6 @@ impl SubscriptionStore for Embedded {
                 }
             }
             Ok(out)
-        })
-        .await
-    }
-}
-
-impl Embedded {
-    async fn change(
-        &self,
-        app: &str,
-        user: &str,
-        channel: &str,
-        subscribe: bool,
-    ) -> Result<bool, StoreError> {
-        let (app, user, channel) = (app.to_string(), user.to_string(), channel.to_string());
-        self.submit(|reply| Op::Subscription {
-            app,
-            user,
-            channel,
-            subscribe,
-            reply,
         })
         .await
     }

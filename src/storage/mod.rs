@@ -13,7 +13,7 @@
 //! published before the subscribe or after the unsubscribe never is.
 
 pub mod embedded;
-// pub mod mongo;
+pub mod mongo;
 
 use std::fmt;
 use std::ops::Range;
@@ -23,6 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
 
 /// An event to store, before it has an id.
 #[derive(Debug, Clone)]
@@ -144,6 +145,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Runs once an append is durable, with its ids, before the caller hears of it.
+pub type OnCommit = Box<dyn FnOnce(&[u64]) + Send>;
+
 /// Stored events: one log per channel.
 #[async_trait]
 pub trait EventStore: Send + Sync + fmt::Debug {
@@ -151,7 +155,17 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// durable (a committed, synced transaction; a journaled write). Ids are strictly
     /// increasing per app, greater than every id given before (also across restarts), and
     /// increase in commit order. On `Err` none of the events is stored.
-    async fn append(&self, app: &str, events: Vec<NewEvent>) -> Result<Vec<u64>, StoreError>;
+    ///
+    /// `on_commit` runs once the events are durable, in commit order across all appends of
+    /// the store (so in id order per app), and even when the caller has stopped waiting:
+    /// what must happen in id order (delivery to personal channels, whose clients keep the
+    /// highest id as their cursor) happens there. It must not block.
+    async fn append(
+        &self,
+        app: &str,
+        events: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// The events in `ranges`, merged across channels by id: the first `limit` in `order`.
     async fn events(
@@ -184,6 +198,11 @@ pub trait SubscriptionStore: Send + Sync + fmt::Debug {
 
     /// Every open subscription of every app.
     async fn active(&self) -> Result<Vec<ActiveSubscription>, StoreError>;
+
+    /// Creates what the store needs before its first use (indexes); idempotent.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Whether a backend works now; shared with `/ready`. A backend calls [`StoreStatus::failed`]
@@ -296,6 +315,91 @@ pub async fn retention(
             Ok(removed) => tracing::debug!(removed, "stored events past retention removed"),
             Err(e) => tracing::debug!(error = %e, "retention pass failed"),
         }
+    }
+}
+
+/// What a backend's single writer does, in the order it was queued (so ids, intervals and
+/// pruning never race each other).
+enum Op {
+    Append {
+        app: String,
+        events: Vec<NewEvent>,
+        on_commit: OnCommit,
+        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    Subscription {
+        app: String,
+        user: String,
+        channel: String,
+        subscribe: bool,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Prune {
+        retention: Retention,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// The queue of a backend's writer: the trait's writes, each queued and answered.
+#[derive(Debug, Clone)]
+struct Writes(mpsc::Sender<Op>);
+
+impl Writes {
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the storage writer has stopped".into());
+        self.0.send(make(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn append(
+        &self,
+        app: &str,
+        events: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let app = app.to_string();
+        self.submit(|reply| Op::Append {
+            app,
+            events,
+            on_commit,
+            reply,
+        })
+        .await
+    }
+
+    async fn change(
+        &self,
+        app: &str,
+        user: &str,
+        channel: &str,
+        subscribe: bool,
+    ) -> Result<bool, StoreError> {
+        let (app, user, channel) = (app.to_string(), user.to_string(), channel.to_string());
+        self.submit(|reply| Op::Subscription {
+            app,
+            user,
+            channel,
+            subscribe,
+            reply,
+        })
+        .await
+    }
+
+    async fn prune(&self, retention: Retention, now_ms: u64) -> Result<u64, StoreError> {
+        self.submit(|reply| Op::Prune {
+            retention,
+            now_ms,
+            reply,
+        })
+        .await
     }
 }
 
