@@ -327,3 +327,21 @@ async fn a_failing_store_answers_503_delivers_nothing_of_that_publish_and_live_t
     let r = api.get("users/u/events", &[]).await;
     assert!(r.assert_error(503).contains("No space"));
 }
+
+#[tokio::test]
+async fn a_personal_channel_whose_replay_cannot_be_read_is_refused_with_503() {
+    let storage = Storage::new(Arc::new(DiskFull), "test", Arc::new(StoreStatus::default()));
+    let server = TestServer::start_with_storage("", storage).await;
+    let mut client = server.connect().await;
+    let channel = "private-personal-u";
+    let auth = client.auth_for(channel, None);
+    client.send_subscribe(channel, &auth, None).await;
+    let msg = client.expect_subscription_error(channel, 503).await;
+    assert!(msg.contains("No space left on device"), "{msg}");
+    // Not left half-subscribed: a direct publish does not reach it; the socket still works.
+    server.api().publish(channel, "direct", "x").await;
+    let other = unique("other-");
+    client.subscribe(&other).await;
+    server.api().publish(&other, "marker", "m").await;
+    assert_eq!(client.recv_json().await["event"], "marker");
+}
