@@ -316,3 +316,65 @@ async fn a_data_dir_in_use_by_another_pushi_is_refused() {
     assert!(err.contains("another process"), "{err}");
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_outage_answers_503_for_stored_publishes_and_recovers_by_itself() {
+    let mut mongo = support::mongo::MongoServer::start_on_disk();
+    let text = config_text(&format!(
+        "[mongodb]\nuri = \"{}\"\ndatabase = \"outage\"\nserver_selection_timeout = 1\n",
+        mongo.uri()
+    ));
+    let server = ServerProcess::start_text(text).await;
+    wait_ready(&server).await;
+    subscribe(&server, "reader", "news").await;
+    let api = server.api();
+    api.publish("news", "before", "x").await;
+    let mut live = server.subscriber("live").await;
+
+    mongo.stop();
+    for name in ["lost-1", "lost-2"] {
+        let r = api
+            .post(
+                "events",
+                &json!({"name": name, "channel": "news", "data": "x"}),
+            )
+            .await;
+        let msg = r.assert_error(503);
+        assert!(msg.contains("MongoDB"), "{msg}");
+    }
+    // Live traffic goes on; the node stays ready and says the store is degraded, once.
+    api.publish("live", "still", "here").await;
+    assert_eq!(live.recv_json().await["event"], "still");
+    let ready = reqwest::get(server.http_url("/ready")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["storage"]["state"], "degraded", "{ready}");
+    assert_eq!(server.stderr_text().matches("store failed").count(), 1);
+
+    mongo.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = api
+            .post(
+                "events",
+                &json!({"name": "after", "channel": "news", "data": "x"}),
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    server.logged("store recovered", 1, support::TIMEOUT).await;
+    let names: Vec<String> = events(&server, "reader")
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["after", "before"],
+        "the refused publishes left nothing"
+    );
+}
