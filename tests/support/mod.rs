@@ -7,6 +7,7 @@
 
 pub(crate) mod mongo;
 pub(crate) mod process;
+pub(crate) mod redis;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

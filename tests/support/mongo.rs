@@ -5,7 +5,7 @@
 //! The binary is `$SECANTUSD`, else `.venv-mongo/bin/secantusd-py` in the repository (what
 //! `.ci/run` installs). A missing binary fails the test with the command that installs it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,13 +36,6 @@ fn binary() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl MongoServer {
     /// An in-memory server (gone when stopped).
     pub(crate) fn start() -> MongoServer {
@@ -54,7 +47,7 @@ impl MongoServer {
         let dir = std::env::temp_dir().join(format!(
             "pushi-secantus-{}-{}",
             std::process::id(),
-            free_port()
+            super::process::free_port()
         ));
         std::fs::create_dir_all(&dir).expect("create the storage directory");
         MongoServer::launch(dir.display().to_string(), Some(dir))
@@ -62,7 +55,7 @@ impl MongoServer {
 
     fn launch(storage: String, dir: Option<PathBuf>) -> MongoServer {
         let mut server = MongoServer {
-            port: free_port(),
+            port: super::process::free_port(),
             storage,
             child: None,
             dir,
@@ -110,10 +103,7 @@ impl MongoServer {
 
     /// Kills the process (by PID) and waits for it.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::process::kill_and_wait(&mut self.child);
     }
 
     /// Starts it again on the same port and storage.

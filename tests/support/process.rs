@@ -321,6 +321,22 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A loopback port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Kills a helper process (SIGKILL, by PID) and waits for it; nothing when it is not running.
+pub(crate) fn kill_and_wait(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A signed HTTP API client for app `app_id` of the server at `addr`.
 pub(crate) fn api_at(addr: SocketAddr, app_id: &str, key: &str, secret: &str) -> Api {
     Api {
