@@ -187,9 +187,34 @@ async fn since_replays_every_missed_event_up_to_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_racing_the_subscribe_is_delivered_exactly_once() {
     let server = TestServer::start_with("[storage]\nreplay_max = 1000\n").await;
+    racing_subscribe(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_racing_the_subscribe_is_delivered_exactly_once_with_mongodb() {
+    let mongo = support::mongo::MongoServer::start();
+    let config = pushi::config::MongoConfig {
+        uri: mongo.uri(),
+        database: "race".into(),
+        connect_timeout: 5,
+        server_selection_timeout: 5,
+        startup_timeout: 30,
+        change_stream: true,
+        poll_interval: 1,
+    };
+    let connection = pushi::apps::mongo::Connection::open(&config).await.unwrap();
+    let (storage, _) = pushi::storage::mongo::MongoStore::open(&connection);
+    let server = TestServer::start_with_storage("[storage]\nreplay_max = 1000\n", storage).await;
+    racing_subscribe(&server).await;
+}
+
+/// Three publishers on a channel `user` is offline-subscribed to, while a socket subscribes
+/// to the personal channel with `since: 0`: the replay plus the live stream hold every event
+/// exactly once, ids increasing.
+async fn racing_subscribe(server: &TestServer) {
     let user = unique("race");
     let a = unique("a-");
-    offline(&server, "subscribe", &user, &a).await;
+    offline(server, "subscribe", &user, &a).await;
     let total = 300;
     // Publishers run while the socket subscribes with since = 0 (everything stored).
     let mut publishers = Vec::new();
