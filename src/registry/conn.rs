@@ -11,11 +11,19 @@ use crate::protocol::{Close, SocketId};
 /// shared by every subscriber and handed to tungstenite without a copy.
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One item of a connection's queue.
+/// One item of a connection's queue: as small as a frame (32 bytes), because every
+/// connection's queue allocates room for a block of them up front; the rare items are boxed.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A frame to write.
     Frame(Frame),
+    /// A stored event or a change to the session's subscriptions.
+    Special(Box<Special>),
+}
+
+/// The queue items that are not plain frames.
+#[derive(Debug, Clone)]
+pub enum Special {
     /// A stored event on a personal channel, with its id: the session drops it when its
     /// subscription replay already held it (a publish racing the subscribe).
     Stored {
@@ -25,7 +33,7 @@ pub enum Outbound {
         frame: Frame,
     },
     /// A change to the session's subscriptions.
-    Control(Box<Control>),
+    Control(Control),
 }
 
 /// Something the server does to a session's subscriptions from outside it (a peer pair
@@ -51,8 +59,11 @@ impl Outbound {
     /// The frame's text.
     pub fn as_str(&self) -> &str {
         match self {
-            Outbound::Frame(frame) | Outbound::Stored { frame, .. } => frame.as_str(),
-            Outbound::Control(_) => "",
+            Outbound::Frame(frame) => frame.as_str(),
+            Outbound::Special(special) => match &**special {
+                Special::Stored { frame, .. } => frame.as_str(),
+                Special::Control(_) => "",
+            },
         }
     }
 }
@@ -89,12 +100,12 @@ impl Conn {
 
     /// Queues a change to the session's subscriptions.
     pub fn control(&self, control: Control) {
-        self.push(Outbound::Control(Box::new(control)));
+        self.push(Outbound::Special(Box::new(Special::Control(control))));
     }
 
-    /// Queues a stored event of a personal channel (see [`Outbound::Stored`]).
+    /// Queues a stored event of a personal channel (see [`Special::Stored`]).
     pub fn send_stored(&self, id: u64, frame: Frame) {
-        self.push(Outbound::Stored { id, frame });
+        self.push(Outbound::Special(Box::new(Special::Stored { id, frame })));
     }
 
     fn push(&self, item: Outbound) {
@@ -121,5 +132,20 @@ impl Conn {
             }
             self.wake.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_item_is_no_bigger_than_a_frame() {
+        // Each connection's queue allocates a block of items up front: memory per idle
+        // connection depends on this size.
+        assert_eq!(
+            std::mem::size_of::<Outbound>(),
+            std::mem::size_of::<Frame>()
+        );
     }
 }

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio::time::{Duration, Instant};
 
 pub use channel::{Change, SubscribeError};
-pub use conn::{Conn, Control, Frame, Outbound};
+pub use conn::{Conn, Control, Frame, Outbound, Special};
 
 use crate::protocol::message::{self, PresenceMember};
 use crate::protocol::{Close, SocketId, PERSONAL_PREFIX};
@@ -332,7 +332,7 @@ impl Registry {
     }
 
     /// Queues a stored event for every local subscriber of the personal `channel` but
-    /// `except`, with its id (see [`Outbound::Stored`]).
+    /// `except`, with its id (see [`Special::Stored`]).
     pub fn publish_stored(
         &self,
         app_id: &str,

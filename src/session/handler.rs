@@ -38,7 +38,7 @@ use crate::protocol::{
     PERSONAL_PREFIX,
 };
 use crate::publish::{Data, Publication, Sender};
-use crate::registry::{Change, Conn, Control, Frame, Outbound};
+use crate::registry::{Change, Conn, Control, Frame, Outbound, Special};
 use crate::session::{Handshake, WriteMeter};
 use crate::storage::{self, StoreError};
 use crate::webhooks::Event;
@@ -212,7 +212,7 @@ enum Io {
     /// The socket failed while writing.
     WriteFailed,
     /// The server changed this session's subscriptions (a peer pair formed or ended).
-    Control(Box<Control>),
+    Control(Control),
 }
 
 impl<S> Wire<S>
@@ -259,14 +259,14 @@ where
                     Poll::Ready(Some(Outbound::Frame(frame))) => {
                         self.outbox.push_back(Message::Text(frame))
                     }
-                    Poll::Ready(Some(Outbound::Stored { id, frame })) => {
-                        if self.fresh(id, &frame) {
-                            self.outbox.push_back(Message::Text(frame))
+                    Poll::Ready(Some(Outbound::Special(special))) => match *special {
+                        Special::Stored { id, frame } => {
+                            if self.fresh(id, &frame) {
+                                self.outbox.push_back(Message::Text(frame))
+                            }
                         }
-                    }
-                    Poll::Ready(Some(Outbound::Control(control))) => {
-                        return Poll::Ready(Io::Control(control))
-                    }
+                        Special::Control(control) => return Poll::Ready(Io::Control(control)),
+                    },
                     Poll::Ready(None) => return Poll::Ready(Io::QueueClosed),
                     Poll::Pending => break,
                 }
@@ -415,7 +415,7 @@ where
             match step {
                 Step::Stop(reason) => return End::Close(reason),
                 Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
-                Step::Io(Io::Control(control)) => self.control(*control),
+                Step::Io(Io::Control(control)) => self.control(control),
                 Step::Io(Io::Inbound(msg)) => {
                     // Every check reads the app as it is now: a rotated secret, a switch or a
                     // webhook changed since the handshake applies at once.
