@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`} ← {`adapter`,
-//! `webhooks`} ← `context` ← {`session`, `http`, `reload`} ← `server` ← `cli`/`main`. `config` is passed in, never read globally.
+//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`, `storage`} ←
+//! {`adapter`, `webhooks`} ← `publish` ← `context` ← {`session`, `http`, `reload`} ← `server`
+//! ← `cli`/`main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
 //! - [`context`]: the shared state every task gets, built apart from the server.
@@ -15,6 +16,10 @@
 //! - [`origin`]: `allowed_origins` patterns and the handshake's `Origin` check.
 //! - [`registry`]: this node's connections, channels and presence members.
 //! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
+//! - [`storage`]: stored events and offline subscriptions behind two traits; the embedded
+//!   (redb) and MongoDB stores.
+//! - [`publish`]: the one publish pipeline (HTTP and client events), offline subscriptions,
+//!   delivery to personal channels.
 //! - [`session`]: one task per WebSocket connection.
 //! - [`http`]: health checks and the signed HTTP API (warp).
 //! - [`webhooks`]: debounced, batched, signed webhook deliveries with retries.

@@ -1268,3 +1268,53 @@ proptest! {
         prop_assert_eq!(verify_api(req, API_KEY, API_SECRET, now).unwrap_err(), RequestError::Missing(missing));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Peer channel names (EXTENSIONS.md §3)
+// ---------------------------------------------------------------------------------------
+
+/// A user id a peer channel can hold (the channel characters without `;` and `,`).
+fn pairable_id() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_=@.-]{1,40}"
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    /// Two pairable users get one name whatever their order; it parses back to them, sorted.
+    #[test]
+    fn peer_names_round_trip(base in "[a-z0-9-]{1,40}", x in pairable_id(), y in pairable_id()) {
+        prop_assume!(x != y);
+        let name = pushi::protocol::peer_channel(&base, &x, &y).expect("short enough");
+        prop_assert_eq!(Some(name.clone()), pushi::protocol::peer_channel(&base, &y, &x));
+        prop_assert!(ChannelName::parse(&name).is_ok(), "{} is a valid channel name", name);
+        prop_assert_eq!(ChannelName::parse(&name).unwrap().kind(), ChannelKind::Peer);
+        let (presence, a, b) = pushi::protocol::parse_peer(&name).expect("parses");
+        prop_assert_eq!(presence, format!("presence-{base}"));
+        prop_assert!(a.as_bytes() < b.as_bytes());
+        prop_assert_eq!(
+            {
+                let mut both = [x.as_str(), y.as_str()];
+                both.sort();
+                both
+            },
+            [a, b]
+        );
+    }
+
+    /// Any text: parsing never panics, and whatever parses is exactly a name the builder makes.
+    #[test]
+    fn peer_parse_accepts_only_built_names(text in "peer-[a-z;,.]{0,20}|.{0,40}") {
+        if let Some((presence, a, b)) = pushi::protocol::parse_peer(&text) {
+            let base = presence.strip_prefix("presence-").expect("a presence channel");
+            prop_assert_eq!(pushi::protocol::peer_channel(base, a, b), Some(text.clone()));
+        }
+    }
+
+    /// Ids holding `;` or `,` (or nothing) are never paired.
+    #[test]
+    fn unpairable_ids_get_no_channel(x in "[a-z]{0,5}[;,][a-z]{0,5}", y in pairable_id()) {
+        prop_assert_eq!(pushi::protocol::peer_channel("room", &x, &y), None);
+        prop_assert_eq!(pushi::protocol::peer_channel("room", "", &y), None);
+    }
+}

@@ -1,7 +1,7 @@
 //! The one publish pipeline, shared by the HTTP API and client events: find who is
 //! offline-subscribed, store what must be stored (one commit per call), update the cache,
 //! encode once per target, fan out through the adapter, emit webhooks. And the offline
-//! subscriptions themselves ([`Publisher::subscribe`]), because they decide what a publish
+//! subscriptions themselves ([`Publisher::offline`]), because they decide what a publish
 //! stores.
 //!
 //! Owns: that order and its guarantees. Must not touch: HTTP, sockets, storage internals.
