@@ -54,6 +54,16 @@ pub fn parse_peer(name: &str) -> Option<(String, &str, &str)> {
     (peer_channel(base, a, b).as_deref() == Some(name)).then(|| (format!("presence-{base}"), a, b))
 }
 
+/// Whether a (valid) name is a cache channel's: `cache-`, `private-cache-`,
+/// `presence-cache-` or `private-encrypted-cache-`.
+pub fn is_cache(name: &str) -> bool {
+    let rest = ["private-encrypted-", "private-", "presence-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
+    rest.starts_with("cache-")
+}
+
 /// What a channel's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -146,12 +156,7 @@ impl ChannelName {
     /// Cache channels (`cache-`, `private-cache-`, `presence-cache-`,
     /// `private-encrypted-cache-`) keep their last event for new subscribers.
     pub fn is_cache(&self) -> bool {
-        let n = self.0.as_str();
-        let rest = ["private-encrypted-", "private-", "presence-"]
-            .iter()
-            .find_map(|p| n.strip_prefix(p))
-            .unwrap_or(n);
-        rest.starts_with("cache-")
+        is_cache(&self.0)
     }
 
     /// The user a `#server-to-user-<id>` channel belongs to.

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::Adapter;
 use crate::apps::App;
 use crate::config::Config;
-use crate::protocol::{message, personal_channel, ChannelName, SocketId};
+use crate::protocol::channel::is_cache;
+use crate::protocol::{message, personal_channel, SocketId};
 use crate::registry::{Frame, Registry};
 use crate::storage::{self, NewEvent, OnCommit, Storage, StoreError};
 use crate::webhooks::{Event, Webhooks};
@@ -287,7 +288,8 @@ impl Publisher {
                 }
             });
             if let Data::Text(text) = &p.data {
-                if ChannelName::parse(&p.channel).is_ok_and(|c| c.is_cache()) {
+                // Publications carry names already validated by their caller.
+                if is_cache(&p.channel) {
                     self.registry
                         .cache_put(&app.id, &p.channel, frame.clone(), text, ttl);
                 }
