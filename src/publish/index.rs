@@ -4,7 +4,7 @@
 //! Owns: the index and the per-user turn that orders changes. Must not touch: the store
 //! (the publisher changes the index after the store committed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,6 +59,28 @@ impl SubIndex {
         self.total.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Adds many subscriptions at once (startup): each channel's set is built once, not
+    /// copied per user as [`SubIndex::add`] does.
+    pub fn extend(&self, subscriptions: impl IntoIterator<Item = (String, String, String)>) {
+        let mut grouped: HashMap<(String, String), HashSet<Arc<str>>> = HashMap::new();
+        for (app, channel, user) in subscriptions {
+            grouped
+                .entry((app, channel))
+                .or_default()
+                .insert(Arc::from(user));
+        }
+        for ((app, channel), users) in grouped {
+            let channels = self.apps.entry(app).or_default();
+            let mut current = channels.entry(channel).or_default();
+            let before = current.len();
+            let mut next = HashSet::clone(&current);
+            next.extend(users);
+            let added = next.len() - before;
+            *current = Arc::new(next);
+            self.total.fetch_add(added, Ordering::AcqRel);
+        }
+    }
+
     /// Forgets a subscription (no-op when absent).
     pub fn remove(&self, app: &str, channel: &str, user: &str) {
         let Some(channels) = self.apps.get(app) else {
@@ -107,5 +129,20 @@ mod tests {
         index.remove("1", "c", "v");
         assert!(index.subscribers("1", "c").is_none());
         assert_eq!(index.total.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn extend_builds_each_set_once_and_counts_new_users() {
+        let index = SubIndex::default();
+        index.add("1", "c", "u0");
+        let many = (0..1000).map(|i| ("1".to_string(), "c".to_string(), format!("u{i}")));
+        index.extend(many.chain([("2".into(), "d".into(), "x".into())]));
+        assert_eq!(index.subscribers("1", "c").unwrap().len(), 1000);
+        assert_eq!(index.subscribers("2", "d").unwrap().len(), 1);
+        assert_eq!(
+            index.total.load(Ordering::Acquire),
+            1001,
+            "u0 was there already"
+        );
     }
 }

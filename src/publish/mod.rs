@@ -179,9 +179,8 @@ impl Publisher {
         self.storage.subscriptions.prepare().await?;
         let active = self.storage.subscriptions.active().await?;
         let n = active.len();
-        for a in active {
-            self.index.add(&a.app, &a.channel, &a.user);
-        }
+        self.index
+            .extend(active.into_iter().map(|a| (a.app, a.channel, a.user)));
         self.loaded.store(true, Ordering::Release);
         Ok(n)
     }
