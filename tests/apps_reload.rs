@@ -64,16 +64,19 @@ async fn sighup_applies_rotations_disables_and_removals_to_live_sockets() {
     );
     assert_eq!(live.recv_json().await["event"], "before");
 
-    // Rotate the secret (and change a [server] key, which needs a restart).
+    // Rotate the secret (and change a [server] and a [storage] key, which need a restart).
     reload(
         &server,
-        &text(&app8("new-secret", true), "[server]\nwrite_timeout = 7\n"),
+        &text(
+            &app8("new-secret", true),
+            "[server]\nwrite_timeout = 7\n[storage]\nreplay_last = 3\n",
+        ),
     );
     server
         .logged("apps changed", 1, Duration::from_secs(5))
         .await;
     assert!(
-        server.stderr_text().contains("sections=server"),
+        server.stderr_text().contains("sections=server, storage"),
         "{}",
         server.stderr_text()
     );
