@@ -52,6 +52,30 @@ async fn publish_concurrently(server: &ServerProcess, n: usize) {
     }
 }
 
+/// After a restart: `reader` holds exactly `e0`..`e{n-1}` (every acknowledged publish of
+/// [`publish_concurrently`]) with distinct ids, its subscription survived, and ids go on
+/// increasing.
+async fn all_survived(server: &ServerProcess, n: usize) {
+    let stored = events(server, "reader").await;
+    let mut names: Vec<String> = stored
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    want.sort();
+    assert_eq!(names, want, "every acknowledged event is there");
+    let ids: Vec<u64> = stored.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "distinct, newest first"
+    );
+    server.api().publish("news", "later", "x").await;
+    let after = events(server, "reader").await;
+    assert_eq!(after[0]["event"], "later");
+    assert!(after[0]["id"].as_u64().unwrap() > ids[0]);
+}
+
 /// Runs the binary on `text` in `workdir`, expecting it to exit non-zero before listening;
 /// returns its stderr.
 fn failed_start(text: &str, workdir: &Path) -> String {
@@ -79,25 +103,7 @@ async fn acknowledged_events_survive_kill_9() {
     server.kill9();
 
     let server = ServerProcess::start_in(config_text(""), &dir).await;
-    let stored = events(&server, "reader").await;
-    let mut names: Vec<String> = stored
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    let mut want: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
-    want.sort();
-    assert_eq!(names, want, "every acknowledged event is there");
-    let ids: Vec<u64> = stored.iter().map(|e| e["id"].as_u64().unwrap()).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] > w[1]),
-        "distinct, newest first"
-    );
-    // The subscription survived too, and ids go on increasing after the restart.
-    server.api().publish("news", "later", "x").await;
-    let after = events(&server, "reader").await;
-    assert_eq!(after[0]["event"], "later");
-    assert!(after[0]["id"].as_u64().unwrap() > ids[0]);
+    all_survived(&server, 40).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -119,17 +125,7 @@ async fn acknowledged_events_survive_kill_9_with_mongodb() {
 
     let server = ServerProcess::start_in(text, &dir).await;
     wait_ready(&server).await;
-    let stored = events(&server, "reader").await;
-    assert_eq!(stored.len(), 40, "every acknowledged event is there");
-    let ids: Vec<u64> = stored.iter().map(|e| e["id"].as_u64().unwrap()).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] > w[1]),
-        "distinct, newest first"
-    );
-    server.api().publish("news", "later", "x").await;
-    let after = events(&server, "reader").await;
-    assert_eq!(after[0]["event"], "later");
-    assert!(after[0]["id"].as_u64().unwrap() > ids[0]);
+    all_survived(&server, 40).await;
     assert!(
         !dir.join("pushi-data").exists(),
         "with [mongodb], nothing is stored on local disk"
