@@ -399,10 +399,11 @@ fn attributes(kind: ChannelKind, stats: ChannelStats, info: &[String]) -> Map<St
 }
 
 fn publications(event: &Event) -> impl Iterator<Item = Publication> + '_ {
-    event.channels.iter().map(|channel| Publication {
+    let data: Arc<str> = Arc::from(event.data.as_str());
+    event.channels.iter().map(move |channel| Publication {
         channel: channel.to_string(),
         event: event.name.clone(),
-        data: Data::Text(event.data.clone()),
+        data: Data::Text(data.clone()),
         except: event.except,
         sender: None,
     })

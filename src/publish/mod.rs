@@ -39,8 +39,9 @@ pub use index::SubIndex;
 /// An event's `data`.
 #[derive(Debug, Clone)]
 pub enum Data {
-    /// From the HTTP API: the publisher's string (a JSON string on the wire).
-    Text(String),
+    /// From the HTTP API: the publisher's string (a JSON string on the wire). Shared, so
+    /// an event published to many channels is not copied per channel.
+    Text(Arc<str>),
     /// From a client: any JSON, passed on verbatim.
     Raw(Box<RawValue>),
 }
@@ -49,7 +50,7 @@ impl Data {
     fn raw(&self) -> Box<RawValue> {
         match self {
             Data::Text(text) => {
-                let json = serde_json::to_string(text).expect("strings serialize");
+                let json = serde_json::to_string(&**text).expect("strings serialize");
                 RawValue::from_string(json).expect("a JSON string is JSON")
             }
             Data::Raw(raw) => raw.clone(),
