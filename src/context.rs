@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::adapter::{Adapter, LocalAdapter};
 use crate::apps::AppStore;
 use crate::config::Config;
+use crate::membership::{LocalMembership, Membership};
 use crate::metrics::Metrics;
 use crate::protocol::SocketId;
 use crate::publish::Publisher;
@@ -21,8 +22,22 @@ use crate::registry::Registry;
 use crate::storage::Storage;
 use crate::webhooks::Webhooks;
 
-/// Builds the adapter over this node's registry.
-pub(crate) type MakeAdapter = Box<dyn FnOnce(Registry) -> Arc<dyn Adapter> + Send>;
+/// The two cluster seams: who is where, and how frames reach every node.
+#[derive(Debug, Clone)]
+pub(crate) struct Seams {
+    pub(crate) membership: Arc<dyn Membership>,
+    pub(crate) adapter: Arc<dyn Adapter>,
+}
+
+impl Seams {
+    /// One node: the registry is the whole truth.
+    pub(crate) fn local(registry: &Registry) -> Seams {
+        Seams {
+            membership: Arc::new(LocalMembership::new(registry.clone())),
+            adapter: Arc::new(LocalAdapter::new(registry.clone())),
+        }
+    }
+}
 
 /// Everything a session or request handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -33,7 +48,9 @@ pub struct Context {
     pub apps: Arc<AppStore>,
     /// This node's connections and channels.
     pub registry: Registry,
-    /// Cluster-wide fan-out and counts.
+    /// Cluster-wide joins, leaves and counts.
+    pub membership: Arc<dyn Membership>,
+    /// Cluster-wide delivery.
     pub adapter: Arc<dyn Adapter>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -53,26 +70,25 @@ impl Context {
     /// A context over the config file's apps and the local adapter; starts the webhook
     /// worker (so it must be called inside a tokio runtime).
     pub fn new(config: Config) -> Context {
-        Context::build(config, None, None, None)
+        Context::build(config, None, Registry::default(), None, None)
     }
 
-    /// A context over `apps` (default: the config file's), the adapter `adapter` builds
-    /// over the registry (default: local) and `storage` (default: in memory); starts the
-    /// webhook worker.
+    /// A context over `apps` (default: the config file's), `registry`, the `seams` (default:
+    /// one node) and `storage` (default: in memory); starts the webhook worker.
     pub(crate) fn build(
         config: Config,
         apps: Option<Arc<AppStore>>,
-        adapter: Option<MakeAdapter>,
+        registry: Registry,
+        seams: Option<Seams>,
         storage: Option<Storage>,
     ) -> Context {
-        let registry = Registry::default();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let adapter = match adapter {
-            Some(make) => make(registry.clone()),
-            None => Arc::new(LocalAdapter::new(registry.clone())) as Arc<dyn Adapter>,
-        };
+        let Seams {
+            membership,
+            adapter,
+        } = seams.unwrap_or_else(|| Seams::local(&registry));
         let config = Arc::new(config);
         let webhooks = Webhooks::start(&tracker, shutdown.clone(), metrics.clone());
         let publisher = Publisher::new(
@@ -84,6 +100,7 @@ impl Context {
         );
         Context {
             apps: apps.unwrap_or_else(|| Arc::new(AppStore::new(&config.apps))),
+            membership,
             adapter,
             registry,
             config,

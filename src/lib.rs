@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`, `storage`} ←
-//! {`adapter`, `webhooks`} ← `publish` ← `context` ← {`session`, `http`, `reload`} ← `server`
-//! ← `cli`/`main`. `config` is passed in, never read globally.
+//! {`membership`, `adapter`, `webhooks`} ← `publish` ← `context` ← {`session`,
+//! `http`, `reload`} ← `server` ← `cli`/`main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
 //! - [`context`]: the shared state every task gets, built apart from the server.
@@ -15,7 +15,9 @@
 //! - [`cli`]: argument parsing and `pushi apps`.
 //! - [`origin`]: `allowed_origins` patterns and the handshake's `Origin` check.
 //! - [`registry`]: this node's connections, channels and presence members.
-//! - [`adapter`]: the fan-out seam (publish and counts cluster-wide).
+//! - [`membership`]: the membership seam (joins and leaves, their cluster-wide transitions,
+//!   counts and presence).
+//! - [`adapter`]: the transport seam (delivery to every node, shared cache).
 //! - [`storage`]: stored events and offline subscriptions behind two traits; the embedded
 //!   (redb) and MongoDB stores.
 //! - [`publish`]: the one publish pipeline (HTTP and client events), offline subscriptions,
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;

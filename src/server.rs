@@ -30,11 +30,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use crate::adapter::Adapter;
 use crate::apps::AppStore;
 use crate::config::Config;
 pub use crate::context::Context;
-use crate::context::MakeAdapter;
 use crate::registry::Registry;
 use crate::storage::Storage;
 
@@ -51,7 +49,6 @@ pub struct Server {
 pub struct ServerBuilder {
     config: Config,
     apps: Option<Arc<AppStore>>,
-    adapter: Option<MakeAdapter>,
     storage: Option<Storage>,
 }
 
@@ -68,15 +65,6 @@ impl ServerBuilder {
         self
     }
 
-    /// Fans out through the adapter `make` builds over this node's registry.
-    pub fn adapter(
-        mut self,
-        make: impl FnOnce(Registry) -> Arc<dyn Adapter> + Send + 'static,
-    ) -> ServerBuilder {
-        self.adapter = Some(Box::new(make));
-        self
-    }
-
     /// Stores events and offline subscriptions in `storage` (default: in memory; the
     /// binary opens the embedded store or MongoDB).
     pub fn storage(mut self, storage: Storage) -> ServerBuilder {
@@ -88,7 +76,8 @@ impl ServerBuilder {
     /// trying in the background and publishes answer 503 meanwhile), then binds the
     /// listeners (see [`Server::bind`]).
     pub async fn bind(self) -> Result<Server, BindError> {
-        let ctx = Context::build(self.config, self.apps, self.adapter, self.storage);
+        let registry = Registry::default();
+        let ctx = Context::build(self.config, self.apps, registry, None, self.storage);
         // A local store answers at once; a remote one that does not answer within a second
         // is waited for in the background rather than delaying the listeners.
         let first = tokio::time::timeout(Duration::from_secs(1), ctx.publisher.load()).await;
@@ -147,7 +136,6 @@ impl Server {
     pub fn builder(config: Config) -> ServerBuilder {
         ServerBuilder {
             apps: None,
-            adapter: None,
             storage: None,
             config,
         }

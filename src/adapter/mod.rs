@@ -1,21 +1,34 @@
-//! The fan-out seam. Everything that must reach *every* node of a cluster — publishing an
-//! event, counting a channel's subscribers, listing presence users — goes through [`Adapter`].
-//! [`LocalAdapter`] answers from this node's [`Registry`]; a Redis pub/sub adapter plugs in
-//! behind the same trait.
+//! The transport seam: what must reach sockets on *every* node — an event for a channel, a
+//! stored event for a personal channel, a terminate for a user — and the cache channels'
+//! last events, which every node must see. [`LocalAdapter`] is one node; the cluster's
+//! adapter (`cluster::Node`) delivers locally at once and through Redis to the others.
+//!
+//! Fallible: when the cluster is cut off, local delivery still happens and the error says
+//! the other nodes were not reached (the API answers 503, never a silent standalone mode).
 //!
 //! Owns: the trait and the single-node implementation. Must not touch: WebSocket frames
-//! beyond passing them on, HTTP, app lookup.
+//! beyond passing them on, membership, HTTP, app lookup.
 
 use async_trait::async_trait;
+use tokio::time::Duration;
 
+use crate::membership::Unavailable;
 use crate::protocol::{Close, SocketId};
-use crate::registry::{ChannelStats, Frame, Registry};
+use crate::registry::{CacheEntry, Frame, Registry};
 
-/// Cluster-wide operations. Implementations are held as `Arc<dyn Adapter>`.
+/// Cluster-wide delivery. Implementations are held as `Arc<dyn Adapter>`.
 #[async_trait]
 pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// Delivers `frame` to every subscriber of `channel` on every node, except `except`.
-    async fn publish(&self, app_id: &str, channel: &str, frame: Frame, except: Option<SocketId>);
+    /// On `Err`, this node's subscribers got it and the other nodes' did not.
+    async fn publish(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) -> Result<(), Unavailable>;
+
     /// Delivers a stored event's `frame` to every subscriber of the personal `channel` on
     /// every node, except `except`, tagged with its id so that a subscribe racing the
     /// publish delivers it once.
@@ -26,15 +39,27 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
         id: u64,
         frame: Frame,
         except: Option<SocketId>,
-    );
-    /// Counts for one channel across the cluster.
-    async fn channel_stats(&self, app_id: &str, channel: &str) -> ChannelStats;
-    /// Every occupied channel across the cluster.
-    async fn channels(&self, app_id: &str) -> Vec<(String, ChannelStats)>;
-    /// Presence user ids across the cluster.
-    async fn presence_users(&self, app_id: &str, channel: &str) -> Vec<String>;
+    ) -> Result<(), Unavailable>;
+
     /// Closes every connection signed in as `user_id`, on every node.
-    async fn terminate_user(&self, app_id: &str, user_id: &str);
+    async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), Unavailable>;
+
+    /// Keeps the last event of a cache channel for `ttl`, for every node.
+    async fn cache_put(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), Unavailable>;
+
+    /// The unexpired last event of a cache channel.
+    async fn cache_get(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Option<CacheEntry>, Unavailable>;
 }
 
 /// The single-node adapter: the local registry is the whole truth.
@@ -52,8 +77,15 @@ impl LocalAdapter {
 
 #[async_trait]
 impl Adapter for LocalAdapter {
-    async fn publish(&self, app_id: &str, channel: &str, frame: Frame, except: Option<SocketId>) {
+    async fn publish(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) -> Result<(), Unavailable> {
         self.registry.publish(app_id, channel, &frame, except);
+        Ok(())
     }
 
     async fn publish_stored(
@@ -63,26 +95,41 @@ impl Adapter for LocalAdapter {
         id: u64,
         frame: Frame,
         except: Option<SocketId>,
-    ) {
+    ) -> Result<(), Unavailable> {
         self.registry
             .publish_stored(app_id, channel, id, &frame, except);
+        Ok(())
     }
 
-    async fn channel_stats(&self, app_id: &str, channel: &str) -> ChannelStats {
-        self.registry.channel_stats(app_id, channel)
+    async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), Unavailable> {
+        terminate_local(&self.registry, app_id, user_id);
+        Ok(())
     }
 
-    async fn channels(&self, app_id: &str) -> Vec<(String, ChannelStats)> {
-        self.registry.channels(app_id)
+    async fn cache_put(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: Frame,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        self.registry.cache_put(app_id, channel, frame, data, ttl);
+        Ok(())
     }
 
-    async fn presence_users(&self, app_id: &str, channel: &str) -> Vec<String> {
-        self.registry.presence_users(app_id, channel)
+    async fn cache_get(
+        &self,
+        app_id: &str,
+        channel: &str,
+    ) -> Result<Option<CacheEntry>, Unavailable> {
+        Ok(self.registry.cache_get(app_id, channel))
     }
+}
 
-    async fn terminate_user(&self, app_id: &str, user_id: &str) {
-        for conn in self.registry.user_connections(app_id, user_id) {
-            conn.request_close(Close::TERMINATED);
-        }
+/// Closes this node's connections signed in as `user_id`.
+pub(crate) fn terminate_local(registry: &Registry, app_id: &str, user_id: &str) {
+    for conn in registry.user_connections(app_id, user_id) {
+        conn.request_close(Close::TERMINATED);
     }
 }

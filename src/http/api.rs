@@ -148,7 +148,7 @@ impl Authorized {
             Route::Channel(channel) => channel_info(ctx, app, channel, param("info")).await,
             Route::Users(channel) => users(ctx, app, channel).await,
             Route::Terminate(user) => {
-                ctx.adapter.terminate_user(&app.id, user).await;
+                ctx.adapter.terminate_user(&app.id, user).await?;
                 Ok(json!({}))
             }
             Route::Offline(subscribe) => offline(ctx, app, body, *subscribe).await,
@@ -410,16 +410,16 @@ fn publications(event: &Event) -> impl Iterator<Item = Publication> + '_ {
 }
 
 /// The `info` attributes an event asked for, per channel, read after it was published.
-async fn infos(ctx: &Context, app: &App, event: &Event) -> Map<String, Value> {
+async fn infos(ctx: &Context, app: &App, event: &Event) -> Result<Map<String, Value>, ApiError> {
     let mut infos = Map::new();
     if !event.info.is_empty() {
         for channel in &event.channels {
-            let stats = ctx.adapter.channel_stats(&app.id, channel.as_str()).await;
+            let stats = ctx.membership.stats(&app.id, channel.as_str()).await?;
             let attrs = attributes(channel.kind(), stats, &event.info);
             infos.insert(channel.to_string(), Value::Object(attrs));
         }
     }
-    infos
+    Ok(infos)
 }
 
 async fn events(ctx: &Context, app: &Arc<App>, body: &[u8]) -> Result<Value, ApiError> {
@@ -427,7 +427,7 @@ async fn events(ctx: &Context, app: &Arc<App>, body: &[u8]) -> Result<Value, Api
     ctx.publisher
         .publish(app, publications(&event).collect())
         .await?;
-    let infos = infos(ctx, app, &event).await;
+    let infos = infos(ctx, app, &event).await?;
     if event.info.is_empty() {
         Ok(json!({}))
     } else {
@@ -466,7 +466,7 @@ async fn batch_events(ctx: &Context, app: &Arc<App>, body: &[u8]) -> Result<Valu
         .await?;
     let mut results = Vec::with_capacity(events.len());
     for event in &events {
-        let infos = infos(ctx, app, event).await;
+        let infos = infos(ctx, app, event).await?;
         results.push(
             infos
                 .into_iter()
@@ -496,7 +496,7 @@ async fn channels(
         ));
     }
     let mut out = BTreeMap::new();
-    for (name, stats) in ctx.adapter.channels(&app.id).await {
+    for (name, stats) in ctx.membership.channels(&app.id).await? {
         if !name.starts_with(prefix) {
             continue;
         }
@@ -530,14 +530,15 @@ async fn channel_info(
             "info=cache is only available for cache channels",
         ));
     }
-    let stats = ctx.adapter.channel_stats(&app.id, name).await;
+    let stats = ctx.membership.stats(&app.id, name).await?;
     let mut out = Map::new();
     out.insert("occupied".into(), json!(stats.subscription_count > 0));
     out.extend(attributes(channel.kind(), stats, &info));
     if want_cache {
         let cache = ctx
-            .registry
+            .adapter
             .cache_get(&app.id, name)
+            .await?
             .map(|c| json!({"data": c.data, "ttl": c.ttl}));
         out.insert("cache".into(), cache.unwrap_or(Value::Null));
     }
@@ -551,7 +552,7 @@ async fn users(ctx: &Context, app: &App, name: &str) -> Result<Value, ApiError> 
             "Users are only available for presence channels",
         ));
     }
-    let mut ids = ctx.adapter.presence_users(&app.id, name).await;
+    let mut ids = ctx.membership.presence_users(&app.id, name).await?;
     ids.sort();
     let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
     Ok(json!({ "users": users }))

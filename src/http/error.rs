@@ -8,6 +8,8 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::auth::RequestError;
+use crate::membership::Unavailable;
+use crate::publish::PublishError;
 use crate::storage::StoreError;
 
 /// A failed API request.
@@ -47,6 +49,25 @@ pub enum ApiError {
     /// delivered or changed (503).
     #[error("Could not store: {0}")]
     Storage(#[from] StoreError),
+    /// The cluster could not be reached: a publish reached this node's subscribers only,
+    /// or cluster-wide state could not be read (503).
+    #[error("{0}")]
+    Cluster(String),
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(err: Unavailable) -> ApiError {
+        ApiError::Cluster(format!("The cluster is unreachable: {err}"))
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(err: PublishError) -> ApiError {
+        match err {
+            PublishError::Store(err) => ApiError::Storage(err),
+            PublishError::Cluster(err) => ApiError::Cluster(PublishError::Cluster(err).to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -60,9 +81,10 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::ShuttingDown | ApiError::NotReady | ApiError::Storage(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ShuttingDown
+            | ApiError::NotReady
+            | ApiError::Storage(_)
+            | ApiError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::Adapter;
 use crate::apps::App;
 use crate::config::Config;
+use crate::membership::Unavailable;
 use crate::protocol::channel::is_cache;
 use crate::protocol::{message, personal_channel, SocketId};
 use crate::registry::{Frame, Registry};
@@ -88,9 +89,14 @@ async fn deliver_personal(
                 job.id,
                 job.user_id.as_deref(),
             );
-            adapter
+            let sent = adapter
                 .publish_stored(&job.app, &personal, job.id, Frame::from(frame), job.except)
                 .await;
+            // The cluster's own log says it is cut off; the event is stored either way and
+            // the personal channel's next subscribe replays it.
+            if let Err(err) = sent {
+                tracing::debug!(channel = %personal, error = %err, "stored event not sent to other nodes");
+            }
         }
     }
 }
@@ -135,6 +141,17 @@ pub enum SubscribeError {
     Store(#[from] StoreError),
 }
 
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Storing failed; nothing was delivered.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Delivered on this node only: the cluster is cut off.
+    #[error("Delivered on this node only, the cluster is unreachable: {0}")]
+    Cluster(#[from] Unavailable),
+}
+
 /// The pipeline; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -146,7 +163,6 @@ pub struct Publisher {
     /// (a publish could not know what to store).
     loaded: Arc<AtomicBool>,
     adapter: Arc<dyn Adapter>,
-    registry: Registry,
     webhooks: Webhooks,
     config: Arc<Config>,
 }
@@ -168,7 +184,6 @@ impl Publisher {
             lane,
             loaded: Arc::new(AtomicBool::new(false)),
             adapter,
-            registry,
             webhooks,
             config,
         }
@@ -232,7 +247,7 @@ impl Publisher {
         &self,
         app: &Arc<App>,
         publications: Vec<Publication>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PublishError> {
         self.check_loaded()?;
         let subscribers: Vec<Option<Arc<HashSet<Arc<str>>>>> = publications
             .iter()
@@ -279,6 +294,8 @@ impl Publisher {
             self.storage.events.append(&app.id, new, on_commit).await?;
         }
         let ttl = std::time::Duration::from_secs(self.config.limits.cache_ttl);
+        // Every publication is delivered; the first cluster error is reported after.
+        let mut cut_off = None;
         for p in publications {
             let user_id = p.sender.as_ref().and_then(|s| s.user_id.clone());
             let frame = Frame::from(match &p.data {
@@ -290,13 +307,22 @@ impl Publisher {
             if let Data::Text(text) = &p.data {
                 // Publications carry names already validated by their caller.
                 if is_cache(&p.channel) {
-                    self.registry
-                        .cache_put(&app.id, &p.channel, frame.clone(), text, ttl);
+                    let put = self
+                        .adapter
+                        .cache_put(&app.id, &p.channel, frame.clone(), text, ttl)
+                        .await;
+                    if let Err(err) = put {
+                        cut_off.get_or_insert(err);
+                    }
                 }
             }
-            self.adapter
+            let sent = self
+                .adapter
                 .publish(&app.id, &p.channel, frame, p.except)
                 .await;
+            if let Err(err) = sent {
+                cut_off.get_or_insert(err);
+            }
             if let (Some(sender), Data::Raw(data)) = (p.sender, p.data) {
                 let hook = Event::ClientEvent {
                     channel: p.channel,
@@ -308,7 +334,10 @@ impl Publisher {
                 self.webhooks.emit(app, hook);
             }
         }
-        Ok(())
+        match cut_off {
+            Some(err) => Err(PublishError::Cluster(err)),
+            None => Ok(()),
+        }
     }
 
     /// Subscribes (or, with `subscribe` false, unsubscribes) `user` to `channel` while

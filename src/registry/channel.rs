@@ -16,6 +16,9 @@ use crate::protocol::{peer_channel, SocketId};
 pub(super) struct Subscriber {
     pub(super) conn: Arc<Conn>,
     pub(super) user_id: Option<Arc<str>>,
+    /// In a cluster, the member's `user_info` (the cluster keeps the members; the node
+    /// keeps what it needs to re-assert them after Redis lost them).
+    pub(super) info: Option<Box<RawValue>>,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,7 @@ impl Channel {
                 Subscriber {
                     conn: conn.clone(),
                     user_id: None,
+                    info: None,
                 },
             );
             change.subscription_count = self.subscribers.len();
@@ -143,11 +147,37 @@ impl Channel {
             Subscriber {
                 conn: conn.clone(),
                 user_id: Some(user_id),
+                info: None,
             },
         );
         change.subscription_count = self.subscribers.len();
         let data = message::presence_data(self.members.iter().map(|(id, m)| (&**id, &*m.info)));
         Ok((data, change))
+    }
+
+    /// In a cluster: records a local subscriber and its member without presence rules (the
+    /// cluster applies them). `false` when the socket was subscribed already.
+    pub(super) fn attach(
+        &mut self,
+        conn: &Arc<Conn>,
+        member: Option<(Arc<str>, Box<RawValue>)>,
+    ) -> bool {
+        if self.subscribers.contains_key(&conn.socket_id) {
+            return false;
+        }
+        let (user_id, info) = match member {
+            Some((user, info)) => (Some(user), Some(info)),
+            None => (None, None),
+        };
+        self.subscribers.insert(
+            conn.socket_id,
+            Subscriber {
+                conn: conn.clone(),
+                user_id,
+                info,
+            },
+        );
+        true
     }
 
     /// Removes a subscriber; on a presence channel, tells the others when its user's last

@@ -33,6 +33,30 @@ pub struct ChannelStats {
     pub user_count: usize,
 }
 
+/// One subscription held on this node.
+#[derive(Debug, Clone)]
+pub struct LocalSubscription {
+    /// The channel.
+    pub channel: String,
+    /// The socket.
+    pub socket: SocketId,
+    /// On presence channels: the user id and its `user_info` JSON.
+    pub member: Option<(Arc<str>, String)>,
+}
+
+/// What one app holds on this node (see [`Registry::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct AppSnapshot {
+    /// The app.
+    pub app_id: String,
+    /// Its connections.
+    pub sockets: Vec<SocketId>,
+    /// Its subscriptions.
+    pub subscriptions: Vec<LocalSubscription>,
+    /// (signed-in user, socket).
+    pub users: Vec<(Arc<str>, SocketId)>,
+}
+
 /// A cheap-to-clone handle to the registry.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -185,6 +209,119 @@ impl Registry {
         change
     }
 
+    /// In a cluster: records a local subscriber (and its presence member) without presence
+    /// rules or notices, which the cluster applies. Returns (newly subscribed, first local
+    /// subscriber of the channel).
+    pub fn attach(
+        &self,
+        app_id: &str,
+        channel: &str,
+        conn: &Arc<Conn>,
+        member: Option<(Arc<str>, Box<serde_json::value::RawValue>)>,
+    ) -> (bool, bool) {
+        let app = self.app(app_id);
+        let mut entry = app.channels.entry(channel.to_string()).or_default();
+        let first = entry.subscribers.is_empty();
+        let added = entry.attach(conn, member);
+        if added && first {
+            if let Some(user) = channel.strip_prefix(PERSONAL_PREFIX) {
+                app.personal.insert(Arc::from(user), ());
+            }
+        }
+        (added, added && first)
+    }
+
+    /// Undoes [`Registry::attach`]: the socket's presence user id, and whether the channel
+    /// has no local subscriber left. `None` when the socket was not subscribed.
+    pub fn detach(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: SocketId,
+    ) -> Option<(Option<Arc<str>>, bool)> {
+        let app = self.app(app_id);
+        let user = {
+            let mut c = app.channels.get_mut(channel)?;
+            c.subscribers.remove(&socket_id)?.user_id
+        };
+        let mut last = false;
+        app.channels.remove_if(channel, |_, c| {
+            last = c.subscribers.is_empty();
+            if last {
+                if let Some(user) = channel.strip_prefix(PERSONAL_PREFIX) {
+                    app.personal.remove(user);
+                }
+            }
+            last
+        });
+        Some((user, last))
+    }
+
+    /// Whether `channel` has a subscriber on this node.
+    pub fn has_subscribers(&self, app_id: &str, channel: &str) -> bool {
+        self.apps.get(app_id).is_some_and(|a| {
+            a.channels
+                .get(channel)
+                .is_some_and(|c| !c.subscribers.is_empty())
+        })
+    }
+
+    /// Whether the app has a connection on this node.
+    pub fn has_connections(&self, app_id: &str) -> bool {
+        self.apps.get(app_id).is_some_and(|a| !a.conns.is_empty())
+    }
+
+    /// Whether `socket_id` is subscribed to `channel` on this node.
+    pub fn is_subscribed(&self, app_id: &str, channel: &str, socket_id: SocketId) -> bool {
+        self.apps.get(app_id).is_some_and(|a| {
+            a.channels
+                .get(channel)
+                .is_some_and(|c| c.subscribers.contains_key(&socket_id))
+        })
+    }
+
+    /// Everything this node holds, for a cluster node to re-assert after Redis lost it.
+    pub fn snapshot(&self) -> Vec<AppSnapshot> {
+        let apps: Vec<(String, Arc<AppState>)> = self
+            .apps
+            .iter()
+            .map(|a| (a.key().clone(), a.value().clone()))
+            .collect();
+        let mut out = Vec::with_capacity(apps.len());
+        for (id, app) in apps {
+            let sockets: Vec<SocketId> = app.conns.iter().map(|c| *c.key()).collect();
+            let mut subscriptions = Vec::new();
+            for c in app.channels.iter() {
+                for (socket, sub) in &c.subscribers {
+                    let member = match (&sub.user_id, &sub.info) {
+                        (Some(user), Some(info)) => Some((user.clone(), info.get().to_string())),
+                        _ => None,
+                    };
+                    subscriptions.push(LocalSubscription {
+                        channel: c.key().clone(),
+                        socket: *socket,
+                        member,
+                    });
+                }
+            }
+            let mut users = Vec::new();
+            for u in app.users.iter() {
+                for conn in u.value() {
+                    users.push((u.key().clone(), conn.socket_id));
+                }
+            }
+            if !sockets.is_empty() || !subscriptions.is_empty() || !users.is_empty() {
+                out.push(AppSnapshot {
+                    app_id: id,
+                    sockets,
+                    subscriptions,
+                    users,
+                });
+            }
+        }
+        out
+    }
+
     /// The users of `users` whose personal channel has a subscriber on this node (walking
     /// the smaller of the two sets, so a channel with many offline subscribers and few of
     /// them online costs little).
@@ -219,6 +356,7 @@ impl Registry {
         user_id: &str,
         conn: &Arc<Conn>,
         watchlist: &[String],
+        notify: bool,
     ) -> (Vec<String>, Vec<String>) {
         let app = self.app(app_id);
         let user: Arc<str> = Arc::from(user_id);
@@ -227,7 +365,7 @@ impl Registry {
             conns.push(conn.clone());
             conns.len() == 1
         };
-        if first {
+        if first && notify {
             notify_watchers(&app, &user, true);
         }
         let (mut online, mut offline) = (Vec::new(), Vec::new());
@@ -246,9 +384,16 @@ impl Registry {
         (online, offline)
     }
 
-    /// Undoes [`Registry::sign_in`]; when it was the user's last connection, watchers hear
-    /// `offline`.
-    pub fn sign_out(&self, app_id: &str, user_id: &str, socket_id: SocketId, watchlist: &[String]) {
+    /// Undoes [`Registry::sign_in`]; when it was the user's last connection (and with
+    /// `notify`), watchers hear `offline`. Returns whether it was the last.
+    pub fn sign_out(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        socket_id: SocketId,
+        watchlist: &[String],
+        notify: bool,
+    ) -> bool {
         let app = self.app(app_id);
         let last = match app.users.get_mut(user_id) {
             Some(mut conns) => {
@@ -259,7 +404,9 @@ impl Registry {
         };
         if last {
             app.users.remove_if(user_id, |_, conns| conns.is_empty());
-            notify_watchers(&app, &Arc::from(user_id), false);
+            if notify {
+                notify_watchers(&app, &Arc::from(user_id), false);
+            }
         }
         for id in watchlist {
             if let Some(mut conns) = app.watchers.get_mut(id.as_str()) {
@@ -267,6 +414,15 @@ impl Registry {
             }
             app.watchers
                 .remove_if(id.as_str(), |_, conns| conns.is_empty());
+        }
+        last
+    }
+
+    /// Tells this node's watchers of `user_id` that it went online or offline (the
+    /// cluster decided it).
+    pub fn notify_watchers(&self, app_id: &str, user_id: &str, online: bool) {
+        if let Some(app) = self.apps.get(app_id).map(|a| a.clone()) {
+            notify_watchers(&app, &Arc::from(user_id), online);
         }
     }
 
@@ -581,17 +737,22 @@ mod tests {
         let (watcher, mut rw) = Conn::new(SocketId(1, 1), 8);
         let (bob, _rb) = Conn::new(SocketId(1, 2), 8);
         let (bob2, _rb2) = Conn::new(SocketId(1, 3), 8);
-        let (online, offline) =
-            reg.sign_in("1", "alice", &watcher, &["bob".into(), "carol".into()]);
+        let (online, offline) = reg.sign_in(
+            "1",
+            "alice",
+            &watcher,
+            &["bob".into(), "carol".into()],
+            true,
+        );
         assert!(online.is_empty());
         assert_eq!(offline, vec!["bob", "carol"]);
-        reg.sign_in("1", "bob", &bob, &[]);
+        reg.sign_in("1", "bob", &bob, &[], true);
         assert!(rw.try_recv().unwrap().as_str().contains(r#"\"online\""#));
-        reg.sign_in("1", "bob", &bob2, &[]);
+        reg.sign_in("1", "bob", &bob2, &[], true);
         assert!(rw.try_recv().is_err(), "bob was online already");
-        reg.sign_out("1", "bob", bob.socket_id, &[]);
+        reg.sign_out("1", "bob", bob.socket_id, &[], true);
         assert!(rw.try_recv().is_err(), "bob still has a connection");
-        reg.sign_out("1", "bob", bob2.socket_id, &[]);
+        reg.sign_out("1", "bob", bob2.socket_id, &[], true);
         assert!(rw.try_recv().unwrap().as_str().contains(r#"\"offline\""#));
         assert_eq!(reg.user_connections("1", "bob").len(), 0);
     }

@@ -79,7 +79,7 @@ where
     };
     let socket_id = ctx.next_socket_id();
     let (conn, rx) = Conn::new(socket_id, ctx.config.server.max_queued_messages);
-    if let Err(close) = ctx.registry.connect(&app.id, app.max_connections, &conn) {
+    if let Err(close) = ctx.membership.connect(&app, &conn).await {
         close_with(&mut ws, close).await;
         return;
     }
@@ -109,8 +109,8 @@ where
     };
     tracing::debug!(socket_id = %session.socket, app = %session.app.id, "connected");
     let end = session.serve().await;
-    session.cleanup();
-    ctx.registry.disconnect(&session.app.id, socket_id);
+    session.cleanup().await;
+    ctx.membership.disconnect(&session.app.id, socket_id).await;
     tracing::debug!(socket_id = %session.socket, "disconnected");
     if let End::Close(close) = end {
         // Frames the client had not received yet are dropped, so that the error and the
@@ -415,7 +415,7 @@ where
             match step {
                 Step::Stop(reason) => return End::Close(reason),
                 Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
-                Step::Io(Io::Control(control)) => self.control(control),
+                Step::Io(Io::Control(control)) => self.control(control).await,
                 Step::Io(Io::Inbound(msg)) => {
                     // Every check reads the app as it is now: a rotated secret, a switch or a
                     // webhook changed since the handshake applies at once.
@@ -516,7 +516,7 @@ where
             } => self.subscribe(channel, auth, channel_data).await,
             ClientMessage::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel).is_some() {
-                    self.leave(&channel);
+                    self.leave(&channel).await;
                     self.wire.floors.retain(|(c, _)| *c != channel);
                 }
                 Ok(())
@@ -609,11 +609,15 @@ where
         // presence channel, both flagged `peer` (EXTENSIONS.md §3).
         let mut peer_user = None;
         if kind == ChannelKind::Peer {
-            let mine = parse_peer(&channel).and_then(|(presence, a, b)| {
-                let me = self.subscriptions.get(&presence)?.clone()?;
-                let pair = self.ctx.registry.is_pair(&self.app.id, &presence, a, b);
-                (pair && (*me == *a || *me == *b)).then_some(me)
-            });
+            let mut mine = None;
+            if let Some((presence, a, b)) = parse_peer(&channel) {
+                if let Some(Some(me)) = self.subscriptions.get(&presence).cloned() {
+                    let pair = self.ctx.membership.is_pair(&self.app.id, &presence, a, b);
+                    if pair.await && (*me == *a || *me == *b) {
+                        mine = Some(me);
+                    }
+                }
+            }
             let Some(me) = mine else {
                 let msg = "Peer channels are only for the two peer members they name, \
                            while both are on the presence channel";
@@ -670,14 +674,18 @@ where
             .or(peer_user);
         let max_members = limits.max_presence_members;
         let count = self.counts(kind);
-        let subscribed = self.ctx.registry.subscribe(
-            &self.app.id,
-            &channel,
-            &self.conn,
-            member,
-            max_members,
-            count,
-        );
+        let subscribed = self
+            .ctx
+            .membership
+            .join(
+                &self.app.id,
+                &channel,
+                &self.conn,
+                member,
+                max_members,
+                count,
+            )
+            .await;
         match subscribed {
             Ok((data, change)) => {
                 let fresh = self
@@ -702,7 +710,7 @@ where
                         }
                         Err(err) => {
                             self.subscriptions.remove(&channel);
-                            self.leave(&channel);
+                            self.leave(&channel).await;
                             self.wire.floors.retain(|(c, _)| *c != channel);
                             let msg = format!("Stored events are unavailable: {err}");
                             return self.refuse_subscription(
@@ -716,9 +724,15 @@ where
                 };
                 let mut frames = vec![text(message::subscription_succeeded(&channel, &data))];
                 if name.is_cache() {
-                    match self.ctx.registry.cache_get(&self.app.id, &channel) {
-                        Some(entry) => frames.push(Message::Text(entry.frame)),
-                        None => {
+                    match self.ctx.adapter.cache_get(&self.app.id, &channel).await {
+                        Ok(Some(entry)) => frames.push(Message::Text(entry.frame)),
+                        // The cluster's cache could not be read: a miss for the client,
+                        // but no webhook claiming the channel has nothing cached.
+                        Err(err) => {
+                            tracing::debug!(channel = %channel, error = %err, "cache unreadable");
+                            frames.push(text(message::cache_miss(&channel)));
+                        }
+                        Ok(None) => {
                             frames.push(text(message::cache_miss(&channel)));
                             let miss = Event::CacheMiss {
                                 channel: channel.clone(),
@@ -864,10 +878,11 @@ where
             self.send(vec![text(message::signin_success(&user_data))]);
             return Ok(());
         }
-        let (online, offline) =
-            self.ctx
-                .registry
-                .sign_in(&self.app.id, &user.id, &self.conn, &user.watchlist);
+        let (online, offline) = self
+            .ctx
+            .membership
+            .sign_in(&self.app.id, &user.id, &self.conn, &user.watchlist)
+            .await;
         self.user = Some((Arc::from(user.id.as_str()), user.watchlist.clone()));
         self.auth_deadline = None;
         let mut frames = vec![text(message::signin_success(&user_data))];
@@ -934,7 +949,7 @@ where
     }
 
     /// Applies a change the server made to this session's subscriptions.
-    fn control(&mut self, control: Control) {
+    async fn control(&mut self, control: Control) {
         match control {
             Control::Subscribe { channel, user_id } => {
                 if self.subscriptions.contains_key(&channel) {
@@ -943,14 +958,11 @@ where
                 let kind = ChannelKind::of(&channel);
                 let count = self.counts(kind);
                 let max = self.ctx.config.limits.max_presence_members;
-                let subscribed = self.ctx.registry.subscribe(
-                    &self.app.id,
-                    &channel,
-                    &self.conn,
-                    None,
-                    max,
-                    count,
-                );
+                let subscribed = self
+                    .ctx
+                    .membership
+                    .join(&self.app.id, &channel, &self.conn, None, max, count)
+                    .await;
                 if let Ok((_, change)) = subscribed {
                     self.subscriptions.insert(channel.clone(), Some(user_id));
                     self.report(&channel, &change, count);
@@ -958,34 +970,36 @@ where
             }
             Control::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel).is_some() {
-                    self.leave(&channel);
+                    self.leave(&channel).await;
                 }
             }
         }
     }
 
     /// Leaves one channel in the registry and reports the change.
-    fn leave(&self, channel: &str) {
+    async fn leave(&mut self, channel: &str) {
         let count = self.counts(ChannelKind::of(channel));
-        let change =
-            self.ctx
-                .registry
-                .unsubscribe(&self.app.id, channel, self.conn.socket_id, count);
+        let change = self
+            .ctx
+            .membership
+            .leave(&self.app.id, channel, self.conn.socket_id, count)
+            .await;
         if let Some(change) = change {
             self.report(channel, &change, count);
         }
     }
 
     /// Leaves every channel (presence members see `member_removed` where due).
-    fn cleanup(&mut self) {
+    async fn cleanup(&mut self) {
         let channels: Vec<String> = self.subscriptions.drain().map(|(c, _)| c).collect();
         for channel in channels {
-            self.leave(&channel);
+            self.leave(&channel).await;
         }
         if let Some((user, watchlist)) = self.user.take() {
             self.ctx
-                .registry
-                .sign_out(&self.app.id, &user, self.conn.socket_id, &watchlist);
+                .membership
+                .sign_out(&self.app.id, &user, self.conn.socket_id, &watchlist)
+                .await;
         }
     }
 }
