@@ -42,6 +42,8 @@ pub struct Config {
     pub mongodb: Option<MongoConfig>,
     /// Stored events and offline subscriptions.
     pub storage: StorageConfig,
+    /// Several nodes joined through Redis; without it, pushi is one node.
+    pub cluster: Option<ClusterConfig>,
     /// Apps declared in the config file (with `[mongodb]`, served beside the registry's).
     pub apps: Vec<AppConfig>,
 }
@@ -311,6 +313,87 @@ pub fn redact_uri(uri: &str) -> String {
             )
         }
         None => uri.to_string(),
+    }
+}
+
+/// `[cluster]`: nodes that serve the same apps share membership, counts and delivery
+/// through one Redis.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS). Its password is
+    /// never logged.
+    pub redis_url: String,
+    /// Prefix of every key and pub/sub channel, so several clusters can share one Redis.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Seconds after its last heartbeat that a silent node is declared dead and its members
+    /// are removed by the others.
+    #[serde(default = "ten_secs")]
+    pub node_timeout: u64,
+    /// Seconds a Redis command may take before the node counts Redis as unreachable.
+    #[serde(default = "two")]
+    pub command_timeout: u64,
+    /// Seconds startup keeps retrying an unreachable Redis before pushi exits non-zero.
+    #[serde(default = "thirty")]
+    pub startup_timeout: u64,
+}
+
+fn default_prefix() -> String {
+    "pushi".into()
+}
+
+fn ten_secs() -> u64 {
+    10
+}
+
+fn two() -> u64 {
+    2
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &redact_uri(&self.redis_url))
+            .field("prefix", &self.prefix)
+            .field("node_timeout", &self.node_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let url = &self.redis_url;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.push(format!(
+                "cluster.redis_url: must start with redis:// or rediss:// (got {:?})",
+                redact_uri(url)
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            problems.push("cluster.prefix: must be non-empty, without spaces".to_string());
+        }
+        for (name, value) in [
+            ("cluster.node_timeout", self.node_timeout),
+            ("cluster.command_timeout", self.command_timeout),
+            ("cluster.startup_timeout", self.startup_timeout),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        // A node heartbeats every third of the timeout; a command that may take longer
+        // than that would let a live node be declared dead.
+        if self.node_timeout < 3 * self.command_timeout {
+            problems.push(format!(
+                "cluster.node_timeout: must be at least 3 x cluster.command_timeout ({} s)",
+                3 * self.command_timeout
+            ));
+        }
+        problems
     }
 }
 
@@ -649,6 +732,9 @@ impl Config {
             problems.extend(mongo.problems());
         }
         problems.extend(self.storage.problems());
+        if let Some(cluster) = &self.cluster {
+            problems.extend(cluster.problems());
+        }
         for (i, app) in self.apps.iter().enumerate() {
             problems.extend(app.problems().into_iter().map(|p| format!("apps[{i}].{p}")));
             if !ids.insert(app.id.as_str()) {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::adapter::{Adapter, LocalAdapter};
 use crate::apps::AppStore;
+use crate::cluster::Node;
 use crate::config::Config;
 use crate::membership::{LocalMembership, Membership};
 use crate::metrics::Metrics;
@@ -30,6 +31,14 @@ pub(crate) struct Seams {
 }
 
 impl Seams {
+    /// A cluster node: Redis behind both seams.
+    pub(crate) fn cluster(node: &Arc<Node>) -> Seams {
+        Seams {
+            membership: node.clone(),
+            adapter: node.clone(),
+        }
+    }
+
     /// One node: the registry is the whole truth.
     pub(crate) fn local(registry: &Registry) -> Seams {
         Seams {
@@ -52,6 +61,8 @@ pub struct Context {
     pub membership: Arc<dyn Membership>,
     /// Cluster-wide delivery.
     pub adapter: Arc<dyn Adapter>,
+    /// This node of a cluster (`[cluster]`), for `/ready` and the goodbye at shutdown.
+    pub cluster: Option<Arc<Node>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
@@ -70,25 +81,30 @@ impl Context {
     /// A context over the config file's apps and the local adapter; starts the webhook
     /// worker (so it must be called inside a tokio runtime).
     pub fn new(config: Config) -> Context {
-        Context::build(config, None, Registry::default(), None, None)
+        Context::build(config, None, Registry::default(), None, None, None)
     }
 
-    /// A context over `apps` (default: the config file's), `registry`, the `seams` (default:
-    /// one node) and `storage` (default: in memory); starts the webhook worker.
+    /// A context over `apps` (default: the config file's), `registry`, the cluster node
+    /// (default: one node) and `storage` (default: in memory), cancelled by `shutdown`;
+    /// starts the webhook worker.
     pub(crate) fn build(
         config: Config,
         apps: Option<Arc<AppStore>>,
         registry: Registry,
-        seams: Option<Seams>,
+        cluster: Option<Arc<Node>>,
         storage: Option<Storage>,
+        shutdown: Option<CancellationToken>,
     ) -> Context {
-        let shutdown = CancellationToken::new();
+        let shutdown = shutdown.unwrap_or_default();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
         let Seams {
             membership,
             adapter,
-        } = seams.unwrap_or_else(|| Seams::local(&registry));
+        } = match &cluster {
+            Some(node) => Seams::cluster(node),
+            None => Seams::local(&registry),
+        };
         let config = Arc::new(config);
         let webhooks = Webhooks::start(&tracker, shutdown.clone(), metrics.clone());
         let publisher = Publisher::new(
@@ -102,6 +118,7 @@ impl Context {
             apps: apps.unwrap_or_else(|| Arc::new(AppStore::new(&config.apps))),
             membership,
             adapter,
+            cluster,
             registry,
             config,
             webhooks,

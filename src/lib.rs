@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`, `storage`} ←
-//! {`membership`, `adapter`, `webhooks`} ← `publish` ← `context` ← {`session`,
+//! {`membership`, `adapter`, `webhooks`} ← `cluster` ← `publish` ← `context` ← {`session`,
 //! `http`, `reload`} ← `server` ← `cli`/`main`. `config` is passed in, never read globally.
 //!
 //! - [`config`]: TOML + environment, layered with figment, validated (fails closed).
@@ -18,6 +18,7 @@
 //! - [`membership`]: the membership seam (joins and leaves, their cluster-wide transitions,
 //!   counts and presence).
 //! - [`adapter`]: the transport seam (delivery to every node, shared cache).
+//! - [`cluster`]: both seams on Redis, node liveness and recovery.
 //! - [`storage`]: stored events and offline subscriptions behind two traits; the embedded
 //!   (redb) and MongoDB stores.
 //! - [`publish`]: the one publish pipeline (HTTP and client events), offline subscriptions,
@@ -33,6 +34,7 @@ pub mod adapter;
 pub mod apps;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod http;

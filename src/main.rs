@@ -91,8 +91,10 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
     let storage = match &connection {
         Some((connection, _)) => {
             tracing::info!(uri = %connection.uri, "stored events and offline subscriptions in MongoDB");
-            MongoStore::open(connection).0
+            Some(MongoStore::open(connection).0)
         }
+        // A cluster keeps stored events in MongoDB or nowhere (the server says so once).
+        None if config.cluster.is_some() => None,
         None => {
             let storage = Embedded::open(
                 Path::new(&config.storage.data_dir),
@@ -103,7 +105,7 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
                 data_dir = %config.storage.data_dir,
                 "stored events and offline subscriptions in the embedded store"
             );
-            storage
+            Some(storage)
         }
     };
     let started = tokio::time::Instant::now();
@@ -112,11 +114,11 @@ async fn serve(config: Config, path: Option<&Path>, source: &str) -> anyhow::Res
         None => AppStore::new(&config.apps),
     });
     let running = config.clone();
-    let server = pushi::Server::builder(config)
-        .apps(store.clone())
-        .storage(storage)
-        .bind()
-        .await?;
+    let mut builder = pushi::Server::builder(config).apps(store.clone());
+    if let Some(storage) = storage {
+        builder = builder.storage(storage);
+    }
+    let server = builder.bind().await?;
     let ctx = server.context().clone();
     tokio::spawn(pushi::reload::on_sighup(
         ctx.clone(),

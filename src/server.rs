@@ -27,10 +27,12 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::apps::AppStore;
+use crate::cluster::{Node, StartError, Transition};
 use crate::config::Config;
 pub use crate::context::Context;
 use crate::registry::Registry;
@@ -77,7 +79,35 @@ impl ServerBuilder {
     /// listeners (see [`Server::bind`]).
     pub async fn bind(self) -> Result<Server, BindError> {
         let registry = Registry::default();
-        let ctx = Context::build(self.config, self.apps, registry, None, self.storage);
+        let shutdown = CancellationToken::new();
+        let mut storage = self.storage;
+        let (cluster, transitions) = match &self.config.cluster {
+            Some(config) => {
+                let (node, rx) = Node::start(config, registry.clone(), shutdown.clone()).await?;
+                // Stored events must be one set for the whole cluster: MongoDB, or none.
+                if self.config.mongodb.is_none() && storage.is_none() {
+                    tracing::warn!(
+                        "cluster without [mongodb]: {}; the routes that need stored events \
+                         answer 503",
+                        crate::storage::none::CLUSTER_NEEDS_MONGODB
+                    );
+                    storage = Some(crate::storage::none::none());
+                }
+                (Some(node), Some(rx))
+            }
+            None => (None, None),
+        };
+        let ctx = Context::build(
+            self.config,
+            self.apps,
+            registry,
+            cluster,
+            storage,
+            Some(shutdown),
+        );
+        if let Some(rx) = transitions {
+            tokio::spawn(report_transitions(rx, ctx.clone()));
+        }
         // A local store answers at once; a remote one that does not answer within a second
         // is waited for in the background rather than delaying the listeners.
         let first = tokio::time::timeout(Duration::from_secs(1), ctx.publisher.load()).await;
@@ -105,23 +135,50 @@ impl ServerBuilder {
     }
 }
 
-/// Why the server could not bind.
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("could not bind {key} {addr}: {source}")]
-pub struct BindError {
-    /// The config keys that name the address.
-    pub key: &'static str,
-    /// The address.
-    pub addr: String,
-    /// The system's reason.
-    pub source: std::io::Error,
+pub enum BindError {
+    /// A listener could not be bound.
+    #[error("could not bind {key} {addr}: {source}")]
+    Listen {
+        /// The config keys that name the address.
+        key: &'static str,
+        /// The address.
+        addr: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] StartError),
 }
 
 async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
     let addr = format!("{host}:{port}");
     TcpListener::bind(&addr)
         .await
-        .map_err(|source| BindError { key, addr, source })
+        .map_err(|source| BindError::Listen { key, addr, source })
+}
+
+/// Sends the webhooks of transitions the cluster node learnt outside sessions (a dead
+/// node's members reaped, state re-asserted after an outage).
+async fn report_transitions(mut rx: mpsc::UnboundedReceiver<Transition>, ctx: Context) {
+    loop {
+        let t = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            t = rx.recv() => match t {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        let Some(app) = ctx.apps.find_by_id(&t.app_id) else {
+            continue;
+        };
+        let counted = app.subscription_count
+            && crate::protocol::ChannelKind::of(&t.channel)
+                != crate::protocol::ChannelKind::Presence;
+        ctx.webhooks.report(&app, &t.channel, &t.change, counted);
+    }
 }
 
 impl Server {
@@ -264,6 +321,11 @@ impl Server {
                 tasks = ctx.tracker.len(),
                 "shutdown timed out; exiting with tasks still running"
             );
+        }
+        // Every session has left its channels; whatever Redis still holds for this node
+        // goes now, not after cluster.node_timeout.
+        if let Some(node) = &ctx.cluster {
+            node.goodbye().await;
         }
         tracing::info!("stopped");
     }

@@ -164,7 +164,12 @@ pub fn metrics_routes(
 fn ready_response(ctx: &Context) -> Response {
     let health = ctx.apps.health();
     let stored = ctx.publisher.is_loaded();
-    let status = if health.loaded && stored {
+    // A node cut off from its cluster is not ready: a load balancer sends new clients to
+    // the others (never a silent standalone mode).
+    let cluster = ctx.cluster.as_ref().map(|node| node.status());
+    let joined = cluster.as_ref().is_none_or(|c| c.state == "ok");
+    let ready = health.loaded && stored && joined;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -186,8 +191,8 @@ fn ready_response(ctx: &Context) -> Response {
         None if !stored => ("loading", None, None),
         None => ("ok", None, None),
     };
-    let body = serde_json::json!({
-        "ready": health.loaded && stored,
+    let mut body = serde_json::json!({
+        "ready": ready,
         "registry": {
             "source": health.source,
             "state": state,
@@ -201,6 +206,9 @@ fn ready_response(ctx: &Context) -> Response {
             "error": storage_error,
         },
     });
+    if let Some(cluster) = cluster {
+        body["cluster"] = serde_json::to_value(cluster).unwrap_or_default();
+    }
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 

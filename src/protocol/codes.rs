@@ -33,6 +33,12 @@ impl Close {
         code: 4100,
         message: "Apps are still loading, try again shortly",
     };
+    /// A cluster node cut off from Redis: come back after a back-off (and, behind a load
+    /// balancer, most likely to another node).
+    pub const CLUSTER_UNAVAILABLE: Close = Close {
+        code: 4100,
+        message: "This node is cut off from its cluster, try again shortly",
+    };
     /// The URL is not `/app/{key}`.
     pub const PATH_NOT_FOUND: Close = Close {
         code: 4005,

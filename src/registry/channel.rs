@@ -38,6 +38,9 @@ pub enum SubscribeError {
     /// The presence channel has `max_presence_members` users.
     #[error("Presence channel {0} is full: at most {1} members are allowed")]
     Full(String, usize),
+    /// The cluster's members cannot be read (the node is cut off from Redis).
+    #[error("Presence is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a subscribe or unsubscribe changed, for webhooks and counters.
@@ -62,6 +65,8 @@ pub(super) struct Channel {
     members: HashMap<Arc<str>, Member>,
     /// When `pusher_internal:subscription_count` was last sent (throttled on busy channels).
     count_sent_at: Option<Instant>,
+    /// In a cluster: its subscribers are sent counts (kept to re-assert the channel).
+    pub(super) counted: bool,
 }
 
 /// Above this many subscribers, `subscription_count` goes out at most every

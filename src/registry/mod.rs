@@ -257,6 +257,22 @@ impl Registry {
         Some((user, last))
     }
 
+    /// In a cluster: records whether the channel's subscribers are sent counts.
+    pub fn set_counted(&self, app_id: &str, channel: &str, counted: bool) {
+        if let Some(app) = self.apps.get(app_id) {
+            if let Some(mut c) = app.channels.get_mut(channel) {
+                c.counted = counted;
+            }
+        }
+    }
+
+    /// See [`Registry::set_counted`].
+    pub fn counted(&self, app_id: &str, channel: &str) -> bool {
+        self.apps
+            .get(app_id)
+            .is_some_and(|a| a.channels.get(channel).is_some_and(|c| c.counted))
+    }
+
     /// Whether `channel` has a subscriber on this node.
     pub fn has_subscribers(&self, app_id: &str, channel: &str) -> bool {
         self.apps.get(app_id).is_some_and(|a| {

@@ -38,7 +38,7 @@ use crate::protocol::{
     PERSONAL_PREFIX,
 };
 use crate::publish::{Data, Publication, Sender};
-use crate::registry::{Change, Conn, Control, Frame, Outbound, Special};
+use crate::registry::{Change, Conn, Control, Frame, Outbound, Special, SubscribeError};
 use crate::session::{Handshake, WriteMeter};
 use crate::storage::{self, StoreError};
 use crate::webhooks::Event;
@@ -747,7 +747,12 @@ where
                 }
             }
             Err(err) => {
-                self.refuse_subscription(&channel, "SubscriptionError", &err.to_string(), 400)
+                // 503 when the cluster could not be asked; 400 for this request's problem.
+                let status = match err {
+                    SubscribeError::Unavailable(_) => 503,
+                    _ => 400,
+                };
+                self.refuse_subscription(&channel, "SubscriptionError", &err.to_string(), status)
             }
         }
     }
@@ -906,46 +911,11 @@ where
         self.app.subscription_count && kind != ChannelKind::Presence
     }
 
-    /// Turns a registry change into webhook events.
+    /// Turns a membership change into webhook events.
     fn report(&self, channel: &str, change: &Change, counted: bool) {
-        let hooks = &self.ctx.webhooks;
-        let ch = || channel.to_string();
-        if change.occupied {
-            hooks.emit(&self.app, Event::ChannelOccupied { channel: ch() });
-        }
-        if let Some(user) = &change.member_added {
-            let user_id = user.to_string();
-            hooks.emit(
-                &self.app,
-                Event::MemberAdded {
-                    channel: ch(),
-                    user_id,
-                },
-            );
-        }
-        if let Some(user) = &change.member_removed {
-            let user_id = user.to_string();
-            hooks.emit(
-                &self.app,
-                Event::MemberRemoved {
-                    channel: ch(),
-                    user_id,
-                },
-            );
-        }
-        if change.vacated {
-            hooks.emit(&self.app, Event::ChannelVacated { channel: ch() });
-        }
-        if counted {
-            let count = change.subscription_count;
-            hooks.emit(
-                &self.app,
-                Event::SubscriptionCount {
-                    channel: ch(),
-                    count,
-                },
-            );
-        }
+        self.ctx
+            .webhooks
+            .report(&self.app, channel, change, counted);
     }
 
     /// Applies a change the server made to this session's subscriptions.

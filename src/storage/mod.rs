@@ -14,6 +14,7 @@
 
 pub mod embedded;
 pub mod mongo;
+pub mod none;
 
 use std::fmt;
 use std::ops::Range;

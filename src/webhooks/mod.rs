@@ -24,6 +24,7 @@ pub use batcher::{
 use crate::apps::App;
 use crate::auth;
 use crate::metrics::Metrics;
+use crate::registry::Change;
 
 /// Events waiting for the worker; past this, new events are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
@@ -173,6 +174,48 @@ impl Webhooks {
         };
         tracker.spawn(worker.run());
         Webhooks { tx, metrics }
+    }
+
+    /// Turns a membership change on `channel` into its webhooks: occupied, member added or
+    /// removed, vacated, and (with `counted`) the subscription count.
+    pub fn report(&self, app: &Arc<App>, channel: &str, change: &Change, counted: bool) {
+        let ch = || channel.to_string();
+        if change.occupied {
+            self.emit(app, Event::ChannelOccupied { channel: ch() });
+        }
+        if let Some(user) = &change.member_added {
+            let user_id = user.to_string();
+            self.emit(
+                app,
+                Event::MemberAdded {
+                    channel: ch(),
+                    user_id,
+                },
+            );
+        }
+        if let Some(user) = &change.member_removed {
+            let user_id = user.to_string();
+            self.emit(
+                app,
+                Event::MemberRemoved {
+                    channel: ch(),
+                    user_id,
+                },
+            );
+        }
+        if change.vacated {
+            self.emit(app, Event::ChannelVacated { channel: ch() });
+        }
+        if counted {
+            let count = change.subscription_count;
+            self.emit(
+                app,
+                Event::SubscriptionCount {
+                    channel: ch(),
+                    count,
+                },
+            );
+        }
     }
 
     /// Queues an event for the app's webhooks, if it has any. Never waits.
