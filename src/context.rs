@@ -110,7 +110,7 @@ impl Context {
         let publisher = Publisher::new(
             storage.unwrap_or_else(Storage::in_memory),
             adapter.clone(),
-            registry.clone(),
+            membership.clone(),
             webhooks.clone(),
             config.clone(),
         );

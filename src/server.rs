@@ -105,6 +105,9 @@ impl ServerBuilder {
             storage,
             Some(shutdown),
         );
+        if let Some(node) = &ctx.cluster {
+            node.attach_publisher(ctx.publisher.clone());
+        }
         if let Some(rx) = transitions {
             tokio::spawn(report_transitions(rx, ctx.clone()));
         }

@@ -60,6 +60,17 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
         app_id: &str,
         channel: &str,
     ) -> Result<Option<CacheEntry>, Unavailable>;
+
+    /// An offline (un)subscription was committed on this node: every node must know it
+    /// before the API answers, so that a publish entering any node stores what it must.
+    /// Returns once the other nodes applied it (or could not be waited for any longer; a
+    /// node that missed it reloads the subscriptions when it rejoins).
+    async fn offline_changed(&self, _app_id: &str, _channel: &str, _user: &str, _on: bool) {}
+
+    /// `Err` while the node is cut off from its cluster (what must reach every node cannot).
+    fn check_connected(&self) -> Result<(), Unavailable> {
+        Ok(())
+    }
 }
 
 /// The single-node adapter: the local registry is the whole truth.

@@ -1,9 +1,12 @@
 //! What travels through Redis pub/sub between nodes, and the topics it travels on.
 //!
-//! A channel's topic `P:m:A:C` carries `kind␀origin␀except␀id␀frame`: `kind` is `f`; `origin`
-//! is the publishing node (empty for a script's notice, which every node delivers, its own
+//! A channel's topic `P:m:A:C` carries `f␀origin␀except␀id␀frame`: `origin` is the
+//! publishing node (empty for a script's notice, which every node delivers, its own
 //! included, so notices keep the order of their transitions); `except` a socket id or
 //! empty; `id` a stored event's id or empty; `frame` the Pusher frame, as sockets get it.
+//! A presence channel's topic also carries peer pairs formed or ended for one member:
+//! `a␀␀user␀peer-channel␀frame` (added) and `r␀␀user␀peer-channel␀frame` (removed); the
+//! member's sockets get the frame and are subscribed to (or unsubscribed from) the pair.
 //! An app's topic `P:a:A` carries `on␀␀user`, `off␀␀user` (watchlists) and
 //! `term␀origin␀user` (`terminate_connections`).
 //!
@@ -19,6 +22,8 @@ pub(crate) enum Topic {
     Channel(String, String),
     /// One app's notices.
     App(String),
+    /// Offline (un)subscriptions, for every node's index.
+    Offline,
 }
 
 impl Topic {
@@ -27,6 +32,7 @@ impl Topic {
         match self {
             Topic::Channel(app, channel) => format!("{prefix}:m:{app}:{channel}"),
             Topic::App(app) => format!("{prefix}:a:{app}"),
+            Topic::Offline => format!("{prefix}:s"),
         }
     }
 
@@ -37,6 +43,9 @@ impl Topic {
         if let Some(rest) = rest.strip_prefix("m:") {
             let (app, channel) = rest.rsplit_once(':')?;
             return Some(Topic::Channel(app.to_string(), channel.to_string()));
+        }
+        if rest == "s" {
+            return Some(Topic::Offline);
         }
         rest.strip_prefix("a:")
             .map(|app| Topic::App(app.to_string()))
@@ -50,6 +59,40 @@ pub(crate) struct Envelope<'a> {
     pub(crate) except: Option<SocketId>,
     pub(crate) stored_id: Option<u64>,
     pub(crate) frame: String,
+}
+
+/// A peer pair formed or ended, for one member's sockets on a presence channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PeerNotice {
+    pub(crate) added: bool,
+    pub(crate) user: String,
+    pub(crate) peer: String,
+    pub(crate) frame: String,
+}
+
+impl PeerNotice {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let kind = if self.added { "a" } else { "r" };
+        format!("{kind}\0\0{}\0{}\0{}", self.user, self.peer, self.frame).into_bytes()
+    }
+
+    /// `None` unless the payload is a peer notice.
+    pub(crate) fn parse(payload: &[u8]) -> Option<PeerNotice> {
+        let mut fields = payload.splitn(5, |b| *b == 0);
+        let added = match fields.next()? {
+            b"a" => true,
+            b"r" => false,
+            _ => return None,
+        };
+        fields.next()?;
+        let mut text = || String::from_utf8(fields.next()?.to_vec()).ok();
+        Some(PeerNotice {
+            added,
+            user: text()?,
+            peer: text()?,
+            frame: text()?,
+        })
+    }
 }
 
 impl<'a> Envelope<'a> {
@@ -94,6 +137,52 @@ impl<'a> Envelope<'a> {
             except,
             stored_id,
             frame,
+        })
+    }
+}
+
+/// An offline (un)subscription committed by node `origin`, acknowledged by each other node
+/// under `nonce`: `s|u␀origin␀nonce␀app␀channel␀user`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct OfflineNotice {
+    pub(crate) subscribed: bool,
+    pub(crate) origin: String,
+    pub(crate) nonce: String,
+    pub(crate) app: String,
+    pub(crate) channel: String,
+    pub(crate) user: String,
+}
+
+impl OfflineNotice {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let kind = if self.subscribed { "s" } else { "u" };
+        let fields = [
+            kind,
+            &self.origin,
+            &self.nonce,
+            &self.app,
+            &self.channel,
+            &self.user,
+        ];
+        fields.join("\0").into_bytes()
+    }
+
+    pub(crate) fn parse(payload: &[u8]) -> Option<OfflineNotice> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut f = text.splitn(6, '\0');
+        let subscribed = match f.next()? {
+            "s" => true,
+            "u" => false,
+            _ => return None,
+        };
+        let mut next = || f.next().map(str::to_string);
+        Some(OfflineNotice {
+            subscribed,
+            origin: next()?,
+            nonce: next()?,
+            app: next()?,
+            channel: next()?,
+            user: next()?,
         })
     }
 }
@@ -174,6 +263,38 @@ mod tests {
         ] {
             assert_eq!(Envelope::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn peer_notices_round_trip() {
+        for added in [true, false] {
+            let n = PeerNotice {
+                added,
+                user: "u-1".into(),
+                peer: "peer-x;a,b".into(),
+                frame: "{}".into(),
+            };
+            assert_eq!(PeerNotice::parse(&n.encode()), Some(n));
+        }
+        assert_eq!(PeerNotice::parse(b"f\0\0\0\0{}"), None);
+        assert_eq!(PeerNotice::parse(b"a\0\0u"), None);
+    }
+
+    #[test]
+    fn offline_notices_round_trip() {
+        for subscribed in [true, false] {
+            let n = OfflineNotice {
+                subscribed,
+                origin: "n".into(),
+                nonce: "7".into(),
+                app: "a:1".into(),
+                channel: "c".into(),
+                user: "u".into(),
+            };
+            assert_eq!(OfflineNotice::parse(&n.encode()), Some(n));
+        }
+        assert_eq!(OfflineNotice::parse(b"s\0n\0x"), None);
+        assert_eq!(Topic::parse("p", "p:s"), Some(Topic::Offline));
     }
 
     #[test]

@@ -23,30 +23,32 @@
 //! Owns: the Redis connections, the topics, liveness and recovery. Must not touch:
 //! sessions, HTTP, storage.
 
+mod adapter;
+mod calls;
 mod envelope;
+mod membership;
+mod resync;
 mod scripts;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::Value;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, RwLock};
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{terminate_local, Adapter};
-use crate::apps::App;
+use crate::adapter::terminate_local;
 use crate::config::{redact_uri, ClusterConfig};
-use crate::membership::{Membership, Unavailable};
-use crate::protocol::message::{self, PresenceMember};
-use crate::protocol::{Close, SocketId};
-use crate::registry::{CacheEntry, Change, ChannelStats, Conn, Frame, Registry, SubscribeError};
-use envelope::{AppNotice, Envelope, Topic};
+use crate::membership::Unavailable;
+use crate::protocol::{message, peer_channel};
+use crate::publish::Publisher;
+use crate::registry::{Change, Control, Frame, Registry};
+use calls::Left;
+use envelope::{AppNotice, Envelope, OfflineNotice, PeerNotice, Topic};
 use scripts::Scripts;
 
 /// A transition the node learnt outside a session (reaping a dead node, re-asserting its
@@ -153,6 +155,9 @@ pub struct Node {
     transitions: mpsc::UnboundedSender<Transition>,
     /// Cross-node messages received, for `/metrics` and tests.
     received: AtomicU64,
+    /// The node's publish pipeline, whose offline-subscription index other nodes' changes
+    /// update (set once the server is built).
+    publisher: OnceLock<Publisher>,
 }
 
 impl std::fmt::Debug for Node {
@@ -223,6 +228,7 @@ impl Node {
             gate: RwLock::new(()),
             transitions,
             received: AtomicU64::new(0),
+            publisher: OnceLock::new(),
         });
         // Joined before the node serves: a first connection is then never refused.
         let pubsub = loop {
@@ -245,6 +251,11 @@ impl Node {
         tracing::info!(node = %node.id, redis = %node.url, prefix = %node.prefix, "cluster: joined");
         tokio::spawn(node.clone().supervise(pubsub, shutdown));
         Ok((node, transitions_rx))
+    }
+
+    /// Lets other nodes' offline (un)subscriptions reach this node's publish pipeline.
+    pub fn attach_publisher(&self, publisher: Publisher) {
+        let _ = self.publisher.set(publisher);
     }
 
     /// This node's id.
@@ -324,7 +335,7 @@ impl Node {
 
     /// Every topic the registry needs now.
     fn wanted_topics(&self) -> Vec<Topic> {
-        let mut topics = Vec::new();
+        let mut topics = vec![Topic::Offline];
         for app in self.registry.snapshot() {
             let channels: HashSet<&str> = app
                 .subscriptions
@@ -341,8 +352,8 @@ impl Node {
         topics
     }
 
-    /// Extends the node's deadline and reaps dead nodes; re-asserts when Redis did not know
-    /// the node (it lost its state, or declared the node dead).
+    /// Extends the node's deadline and reaps dead nodes; `false` when Redis did not know
+    /// the node (it lost its state, or declared the node dead), which must then re-assert.
     async fn heartbeat(&self) -> Result<bool, redis::RedisError> {
         let timeout_ms = self.config.node_timeout * 1000;
         let out: Vec<Value> = self
@@ -353,174 +364,69 @@ impl Node {
             .arg(timeout_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let known = out.first().and_then(int).unwrap_or(0) == 1;
-        self.report(&out[1.min(out.len())..]);
+        let known = out.first().and_then(calls::int) == Some(1);
+        let reaped = calls::parse_reaped(out.get(1));
+        if !reaped.is_empty() {
+            tracing::info!(node = %self.id, channels = reaped.len(), "cluster: reaped a dead node's members and subscriptions");
+        }
+        self.reaped(reaped).await;
         Ok(known)
     }
 
-    /// Turns a script's flat transitions (A, C, vacated, removed, count, user)... into
-    /// [`Transition`]s for the server.
-    fn report(&self, flat: &[Value]) {
-        for t in flat.chunks_exact(6) {
-            let (Some(app_id), Some(channel)) = (string(&t[0]), string(&t[1])) else {
-                continue;
-            };
-            let user = string(&t[5]).unwrap_or_default();
-            let removed = int(&t[3]) == Some(1);
-            let change = Change {
-                occupied: false,
-                vacated: int(&t[2]) == Some(1),
-                member_added: None,
-                member_removed: removed.then(|| Arc::from(user.as_str())),
-                subscription_count: int(&t[4]).unwrap_or(0) as usize,
-            };
-            let _ = self.transitions.send(Transition {
-                app_id,
-                channel,
-                change,
-            });
+    /// Reports what undoing a dead (or departing) node's state changed: webhooks through
+    /// the server, and the end of its members' peer pairs for their partners.
+    async fn reaped(&self, reaped: Vec<(String, String, Left)>) {
+        for (app_id, channel, left) in reaped {
+            if left.removed {
+                self.peer_notices(&app_id, &channel, &left.user, &left.peers, false)
+                    .await;
+            }
+            self.transition(&app_id, &channel, left.change());
         }
     }
 
-    /// Re-runs the scripts for everything the registry holds and undoes what Redis holds
-    /// for this node that the registry does not (leaves that failed while cut off).
-    async fn reassert(&self) -> Result<(), redis::RedisError> {
-        let _alone = self.gate.write().await;
-        let mut conn = self.conn.clone();
-        let held: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-            .arg(format!("{}:node:{}", self.prefix, self.id))
-            .query_async(&mut conn)
-            .await?;
-        let snapshot = self.registry.snapshot();
-        let mut wanted: HashSet<Vec<u8>> = HashSet::new();
-        for app in &snapshot {
-            for s in &app.sockets {
-                wanted.insert(entry(&["a", &app.app_id, &s.to_string()]));
-            }
-            for s in &app.subscriptions {
-                wanted.insert(entry(&[
-                    "c",
-                    &app.app_id,
-                    &s.channel,
-                    &s.socket.to_string(),
-                ]));
-            }
-            for (u, s) in &app.users {
-                wanted.insert(entry(&["u", &app.app_id, u, &s.to_string()]));
-            }
-        }
-        for stale in held.iter().filter(|e| !wanted.contains(*e)) {
-            let fields: Vec<&[u8]> = stale.split(|b| *b == 0).collect();
-            let text = |i: usize| {
-                String::from_utf8_lossy(fields.get(i).copied().unwrap_or(b"")).into_owned()
+    /// Hands a transition learnt outside a session to the server (for webhooks).
+    fn transition(&self, app_id: &str, channel: &str, change: Change) {
+        let _ = self.transitions.send(Transition {
+            app_id: app_id.to_string(),
+            channel: channel.to_string(),
+            change,
+        });
+    }
+
+    /// Tells the sockets of each of `peers` on `presence`, on every node, that their pair
+    /// with `user` formed (`added`) or ended, and subscribes or unsubscribes them.
+    async fn peer_notices(
+        &self,
+        app_id: &str,
+        presence: &str,
+        user: &str,
+        peers: &[String],
+        added: bool,
+    ) {
+        let Some(base) = presence.strip_prefix("presence-") else {
+            return;
+        };
+        let topic = Topic::Channel(app_id.to_string(), presence.to_string()).name(&self.prefix);
+        for other in peers {
+            let Some(peer) = peer_channel(base, user, other) else {
+                continue;
             };
-            match fields.first().copied() {
-                Some(&[b'c']) => {
-                    let out: Option<Vec<Value>> = self
-                        .scripts
-                        .leave
-                        .arg(&self.prefix)
-                        .arg(&self.id)
-                        .arg(text(1))
-                        .arg(text(2))
-                        .arg(text(3))
-                        .invoke_async(&mut conn)
-                        .await?;
-                    if let Some(out) = out {
-                        let mut flat = vec![
-                            Value::BulkString(text(1).into_bytes()),
-                            Value::BulkString(text(2).into_bytes()),
-                        ];
-                        flat.extend(out);
-                        self.report(&flat);
-                    }
-                }
-                Some(&[b'a']) => {
-                    let _: Value = self
-                        .scripts
-                        .disconnect
-                        .arg(&self.prefix)
-                        .arg(&self.id)
-                        .arg(text(1))
-                        .arg(text(2))
-                        .invoke_async(&mut conn)
-                        .await?;
-                }
-                Some(&[b'u']) => {
-                    let _: Value = self
-                        .scripts
-                        .sign_out
-                        .arg(&self.prefix)
-                        .arg(&self.id)
-                        .arg(text(1))
-                        .arg(text(2))
-                        .arg(text(3))
-                        .invoke_async(&mut conn)
-                        .await?;
-                }
-                _ => {}
+            let notice = PeerNotice {
+                added,
+                user: other.clone(),
+                frame: message::peer_event(added, presence, &peer, user),
+                peer,
+            };
+            let sent: Result<Value, _> = redis::cmd("PUBLISH")
+                .arg(&topic)
+                .arg(notice.encode())
+                .query_async(&mut self.conn.clone())
+                .await;
+            if let Err(err) = sent {
+                self.failed(&err);
             }
         }
-        for app in &snapshot {
-            for s in &app.sockets {
-                let _: Value = self
-                    .scripts
-                    .connect
-                    .arg(&self.prefix)
-                    .arg(&self.id)
-                    .arg(&app.app_id)
-                    .arg(s.to_string())
-                    .arg(0)
-                    .invoke_async(&mut conn)
-                    .await?;
-            }
-            for s in &app.subscriptions {
-                let (user, info) = match &s.member {
-                    Some((u, i)) => (u.to_string(), i.clone()),
-                    None => (String::new(), String::new()),
-                };
-                let counted = self.registry.counted(&app.app_id, &s.channel);
-                let out: Vec<Value> = self
-                    .scripts
-                    .join
-                    .arg(&self.prefix)
-                    .arg(&self.id)
-                    .arg(&app.app_id)
-                    .arg(&s.channel)
-                    .arg(s.socket.to_string())
-                    .arg(&user)
-                    .arg(&info)
-                    .arg(0)
-                    .arg(if counted { "1" } else { "0" })
-                    .invoke_async(&mut conn)
-                    .await?;
-                if let Some(change) = joined_change(&out) {
-                    if change.occupied || change.member_added.is_some() {
-                        let _ = self.transitions.send(Transition {
-                            app_id: app.app_id.clone(),
-                            channel: s.channel.clone(),
-                            change: Change {
-                                member_added: change.member_added.map(|_| Arc::from(user.as_str())),
-                                ..change
-                            },
-                        });
-                    }
-                }
-            }
-            for (u, s) in &app.users {
-                let _: Value = self
-                    .scripts
-                    .sign_in
-                    .arg(&self.prefix)
-                    .arg(&self.id)
-                    .arg(&app.app_id)
-                    .arg(&**u)
-                    .arg(s.to_string())
-                    .invoke_async(&mut conn)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// The node's background task: delivers what other nodes publish, keeps the topics,
@@ -556,6 +462,14 @@ impl Node {
                     match self.join_cluster().await {
                         Ok(p) => {
                             wait = Duration::from_millis(100);
+                            // Offline subscriptions other nodes changed meanwhile.
+                            if let Some(publisher) = self.publisher.get().cloned() {
+                                tokio::spawn(async move {
+                                    if let Err(err) = publisher.reload().await {
+                                        tracing::warn!(error = %err, "cluster: could not reload the offline subscriptions after reconnecting");
+                                    }
+                                });
+                            }
                             self.health.set_up();
                             p
                         }
@@ -624,6 +538,7 @@ impl Node {
             let needed = match &want.topic {
                 Topic::Channel(app, channel) => self.registry.has_subscribers(app, channel),
                 Topic::App(app) => self.registry.has_connections(app),
+                Topic::Offline => true,
             };
             if needed && subscribed.insert(name.clone()) {
                 add.push(name);
@@ -665,6 +580,18 @@ impl Node {
         match topic {
             Topic::Channel(app, channel) => {
                 let Some(env) = Envelope::parse(payload) else {
+                    if let Some(n) = PeerNotice::parse(payload) {
+                        let control = match n.added {
+                            true => Control::Subscribe {
+                                channel: n.peer,
+                                user_id: Arc::from(n.user.as_str()),
+                            },
+                            false => Control::Unsubscribe { channel: n.peer },
+                        };
+                        let frame = Frame::from(n.frame);
+                        self.registry
+                            .to_member(&app, &channel, &n.user, &frame, &control);
+                    }
                     return;
                 };
                 // This node delivered its own publishes before sending them.
@@ -680,6 +607,31 @@ impl Node {
                         self.registry.publish(&app, &channel, &frame, env.except);
                     }
                 }
+            }
+            Topic::Offline => {
+                let Some(n) = OfflineNotice::parse(payload) else {
+                    return;
+                };
+                if n.origin == self.id {
+                    return;
+                }
+                if let Some(publisher) = self.publisher.get() {
+                    publisher.apply_remote(&n.app, &n.channel, &n.user, n.subscribed);
+                }
+                // Acknowledged once applied: the origin answers its API call after every
+                // live node did.
+                let mut conn = self.conn.clone();
+                let key = format!("{}:ack:{}", self.prefix, n.nonce);
+                tokio::spawn(async move {
+                    let _: Result<Value, _> = redis::pipe()
+                        .cmd("INCR")
+                        .arg(&key)
+                        .cmd("EXPIRE")
+                        .arg(&key)
+                        .arg(60)
+                        .query_async(&mut conn)
+                        .await;
+                });
             }
             Topic::App(app) => match AppNotice::parse(payload) {
                 Some(AppNotice::Online(user)) => self.registry.notify_watchers(&app, &user, true),
@@ -717,7 +669,7 @@ impl Node {
     /// Leaves the cluster for good: undoes what the node still holds (its sessions have
     /// ended) and unregisters it, so the others need not wait for its deadline.
     pub async fn goodbye(&self) {
-        let out: Result<Vec<Value>, _> = self
+        let out: Result<Value, _> = self
             .scripts
             .goodbye
             .arg(&self.prefix)
@@ -726,475 +678,12 @@ impl Node {
             .await;
         match out {
             Ok(out) => {
-                self.report(&out);
+                self.reaped(calls::parse_reaped(Some(&out))).await;
                 tracing::info!(node = %self.id, "cluster: left");
             }
             Err(err) => {
                 tracing::warn!(node = %self.id, error = %err, "cluster: could not say goodbye; the other nodes will reap this one after cluster.node_timeout")
             }
         }
-    }
-
-    async fn publish_envelope(
-        &self,
-        app_id: &str,
-        channel: &str,
-        env: Vec<u8>,
-    ) -> Result<(), Unavailable> {
-        self.check_up()?;
-        let topic = Topic::Channel(app_id.to_string(), channel.to_string()).name(&self.prefix);
-        let sent: Result<Value, _> = redis::cmd("PUBLISH")
-            .arg(topic)
-            .arg(env)
-            .query_async(&mut self.conn.clone())
-            .await;
-        sent.map(|_| ()).map_err(|e| self.failed(&e))
-    }
-}
-
-/// A node-set entry: fields joined by NUL.
-fn entry(fields: &[&str]) -> Vec<u8> {
-    fields.join("\0").into_bytes()
-}
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// The change a JOIN script answered (without the user id, which the caller knows), or
-/// `None` when the presence channel is full.
-fn joined_change(out: &[Value]) -> Option<Change> {
-    if out.first().and_then(int) == Some(-1) {
-        return None;
-    }
-    Some(Change {
-        occupied: out.first().and_then(int) == Some(1),
-        vacated: false,
-        member_added: (out.get(1).and_then(int) == Some(1)).then(|| Arc::from("")),
-        member_removed: None,
-        subscription_count: out.get(2).and_then(int).unwrap_or(0) as usize,
-    })
-}
-
-#[async_trait]
-impl Membership for Node {
-    async fn connect(&self, app: &App, conn: &Arc<Conn>) -> Result<(), Close> {
-        // A node cut off from the cluster cannot enforce cluster-wide limits or show this
-        // socket to the others: the client backs off and the load balancer moves it.
-        if !self.is_up() {
-            return Err(Close::CLUSTER_UNAVAILABLE);
-        }
-        let _shared = self.gate.read().await;
-        let admitted: Result<i64, _> = self
-            .scripts
-            .connect
-            .arg(&self.prefix)
-            .arg(&self.id)
-            .arg(&app.id)
-            .arg(conn.socket_id.to_string())
-            .arg(app.max_connections)
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        match admitted {
-            Ok(1) => {}
-            Ok(_) => return Err(Close::OVER_QUOTA),
-            Err(err) => {
-                self.failed(&err);
-                return Err(Close::CLUSTER_UNAVAILABLE);
-            }
-        }
-        self.registry.connect(&app.id, 0, conn)?;
-        if let Err(err) = self.want(Topic::App(app.id.clone())).await {
-            drop(_shared);
-            self.registry.disconnect(&app.id, conn.socket_id);
-            self.disconnect_redis(&app.id, conn.socket_id).await;
-            tracing::debug!(error = %err, "connection refused: cluster unavailable");
-            return Err(Close::CLUSTER_UNAVAILABLE);
-        }
-        Ok(())
-    }
-
-    async fn disconnect(&self, app_id: &str, socket: SocketId) {
-        self.registry.disconnect(app_id, socket);
-        self.unwant(Topic::App(app_id.to_string()));
-        let _shared = self.gate.read().await;
-        self.disconnect_redis(app_id, socket).await;
-    }
-
-    async fn join(
-        &self,
-        app_id: &str,
-        channel: &str,
-        conn: &Arc<Conn>,
-        member: Option<PresenceMember>,
-        max_members: usize,
-        count: bool,
-    ) -> Result<(String, Change), SubscribeError> {
-        let presence = member.is_some();
-        if presence && self.registry.is_subscribed(app_id, channel, conn.socket_id) {
-            return Err(SubscribeError::Existing(channel.to_string()));
-        }
-        if presence && !self.is_up() {
-            return Err(SubscribeError::Unavailable(self.cut_off().0));
-        }
-        let (user, info) = match &member {
-            Some(m) => (m.user_id.clone(), m.user_info.get().to_string()),
-            None => (String::new(), String::new()),
-        };
-        let local_member = member.map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info));
-        let _shared = self.gate.read().await;
-        let (added, _) = self.registry.attach(app_id, channel, conn, local_member);
-        self.registry.set_counted(app_id, channel, count);
-        let topic = Topic::Channel(app_id.to_string(), channel.to_string());
-        let result = match self.want(topic).await {
-            Err(err) => Err(err),
-            Ok(()) => {
-                let out: Result<Vec<Value>, _> = self
-                    .scripts
-                    .join
-                    .arg(&self.prefix)
-                    .arg(&self.id)
-                    .arg(app_id)
-                    .arg(channel)
-                    .arg(conn.socket_id.to_string())
-                    .arg(&user)
-                    .arg(&info)
-                    .arg(max_members)
-                    .arg(if count { "1" } else { "0" })
-                    .invoke_async(&mut self.conn.clone())
-                    .await;
-                out.map_err(|e| self.failed(&e))
-            }
-        };
-        let out = match result {
-            Ok(out) => out,
-            // Cut off: a public or private subscription works locally and is re-asserted
-            // when Redis is back; presence needs the members, which only Redis has.
-            Err(err) if presence => {
-                if added {
-                    self.registry.detach(app_id, channel, conn.socket_id);
-                }
-                return Err(SubscribeError::Unavailable(err.0));
-            }
-            Err(_) => return Ok(("{}".to_string(), Change::default())),
-        };
-        let Some(mut change) = joined_change(&out) else {
-            if added {
-                self.registry.detach(app_id, channel, conn.socket_id);
-                self.unwant(Topic::Channel(app_id.to_string(), channel.to_string()));
-            }
-            return Err(SubscribeError::Full(channel.to_string(), max_members));
-        };
-        if change.member_added.is_some() {
-            change.member_added = Some(Arc::from(user.as_str()));
-        }
-        if !presence {
-            return Ok(("{}".to_string(), change));
-        }
-        let members = match out.get(3) {
-            Some(Value::Array(items)) => items.clone(),
-            _ => Vec::new(),
-        };
-        let mut pairs: Vec<(String, Box<RawValue>)> = Vec::with_capacity(members.len() / 2);
-        for pair in members.chunks_exact(2) {
-            let (Some(id), Some(info)) = (string(&pair[0]), string(&pair[1])) else {
-                continue;
-            };
-            let info = RawValue::from_string(info)
-                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-            pairs.push((id, info));
-        }
-        let data = message::presence_data(pairs.iter().map(|(id, info)| (id.as_str(), &**info)));
-        Ok((data, change))
-    }
-
-    async fn leave(
-        &self,
-        app_id: &str,
-        channel: &str,
-        socket: SocketId,
-        _count: bool,
-    ) -> Option<Change> {
-        let (_, last) = self.registry.detach(app_id, channel, socket)?;
-        if last {
-            self.unwant(Topic::Channel(app_id.to_string(), channel.to_string()));
-        }
-        let _shared = self.gate.read().await;
-        let out: Result<Option<Vec<Value>>, _> = self
-            .scripts
-            .leave
-            .arg(&self.prefix)
-            .arg(&self.id)
-            .arg(app_id)
-            .arg(channel)
-            .arg(socket.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        match out {
-            Ok(Some(out)) => {
-                let user = out.get(3).and_then(string).unwrap_or_default();
-                Some(Change {
-                    occupied: false,
-                    vacated: out.first().and_then(int) == Some(1),
-                    member_added: None,
-                    member_removed: (out.get(1).and_then(int) == Some(1))
-                        .then(|| Arc::from(user.as_str())),
-                    subscription_count: out.get(2).and_then(int).unwrap_or(0) as usize,
-                })
-            }
-            // Redis did not have it (it was re-asserted without it, or lost it).
-            Ok(None) => Some(Change::default()),
-            // Cut off: re-asserting the node's state removes it from Redis later.
-            Err(err) => {
-                self.failed(&err);
-                Some(Change::default())
-            }
-        }
-    }
-
-    async fn sign_in(
-        &self,
-        app_id: &str,
-        user_id: &str,
-        conn: &Arc<Conn>,
-        watchlist: &[String],
-    ) -> (Vec<String>, Vec<String>) {
-        self.registry
-            .sign_in(app_id, user_id, conn, watchlist, false);
-        let _shared = self.gate.read().await;
-        let mut invocation = self.scripts.sign_in.prepare_invoke();
-        invocation
-            .arg(&self.prefix)
-            .arg(&self.id)
-            .arg(app_id)
-            .arg(user_id)
-            .arg(conn.socket_id.to_string());
-        for w in watchlist {
-            invocation.arg(w);
-        }
-        let online: Vec<i64> = match invocation.invoke_async(&mut self.conn.clone()).await {
-            Ok(online) => online,
-            Err(err) => {
-                self.failed(&err);
-                // Cut off: only this node's users are known.
-                watchlist
-                    .iter()
-                    .map(|w| i64::from(!self.registry.user_connections(app_id, w).is_empty()))
-                    .collect()
-            }
-        };
-        let (mut on, mut off) = (Vec::new(), Vec::new());
-        for (w, o) in watchlist.iter().zip(online) {
-            if o == 1 {
-                on.push(w.clone());
-            } else {
-                off.push(w.clone());
-            }
-        }
-        (on, off)
-    }
-
-    async fn sign_out(&self, app_id: &str, user_id: &str, socket: SocketId, watchlist: &[String]) {
-        self.registry
-            .sign_out(app_id, user_id, socket, watchlist, false);
-        let _shared = self.gate.read().await;
-        let out: Result<Value, _> = self
-            .scripts
-            .sign_out
-            .arg(&self.prefix)
-            .arg(&self.id)
-            .arg(app_id)
-            .arg(user_id)
-            .arg(socket.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        if let Err(err) = out {
-            self.failed(&err);
-        }
-    }
-
-    async fn stats(&self, app_id: &str, channel: &str) -> Result<ChannelStats, Unavailable> {
-        self.check_up()?;
-        let (subs, users): (usize, usize) = redis::pipe()
-            .cmd("HLEN")
-            .arg(format!("{}:{app_id}:ch:{channel}", self.prefix))
-            .cmd("HLEN")
-            .arg(format!("{}:{app_id}:pm:{channel}", self.prefix))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(&e))?;
-        Ok(ChannelStats {
-            subscription_count: subs,
-            user_count: users,
-        })
-    }
-
-    async fn channels(&self, app_id: &str) -> Result<Vec<(String, ChannelStats)>, Unavailable> {
-        self.check_up()?;
-        let flat: Vec<Value> = self
-            .scripts
-            .channels
-            .arg(&self.prefix)
-            .arg(app_id)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(&e))?;
-        Ok(flat
-            .chunks_exact(3)
-            .filter_map(|c| {
-                Some((
-                    string(&c[0])?,
-                    ChannelStats {
-                        subscription_count: int(&c[1])? as usize,
-                        user_count: int(&c[2])? as usize,
-                    },
-                ))
-            })
-            .collect())
-    }
-
-    async fn presence_users(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Vec<String>, Unavailable> {
-        self.check_up()?;
-        redis::cmd("HKEYS")
-            .arg(format!("{}:{app_id}:pm:{channel}", self.prefix))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(&e))
-    }
-
-    async fn is_pair(&self, _app_id: &str, _presence: &str, _a: &str, _b: &str) -> bool {
-        // Peer pairs are formed by one node's registry; across nodes they are not yet.
-        false
-    }
-}
-
-impl Node {
-    async fn disconnect_redis(&self, app_id: &str, socket: SocketId) {
-        let out: Result<Value, _> = self
-            .scripts
-            .disconnect
-            .arg(&self.prefix)
-            .arg(&self.id)
-            .arg(app_id)
-            .arg(socket.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        if let Err(err) = out {
-            self.failed(&err);
-        }
-    }
-}
-
-#[async_trait]
-impl Adapter for Node {
-    async fn publish(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: Frame,
-        except: Option<SocketId>,
-    ) -> Result<(), Unavailable> {
-        self.registry.publish(app_id, channel, &frame, except);
-        let env = Envelope::frame(&self.id, except, None, frame.as_str());
-        self.publish_envelope(app_id, channel, env).await
-    }
-
-    async fn publish_stored(
-        &self,
-        app_id: &str,
-        channel: &str,
-        id: u64,
-        frame: Frame,
-        except: Option<SocketId>,
-    ) -> Result<(), Unavailable> {
-        self.registry
-            .publish_stored(app_id, channel, id, &frame, except);
-        let env = Envelope::frame(&self.id, except, Some(id), frame.as_str());
-        self.publish_envelope(app_id, channel, env).await
-    }
-
-    async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), Unavailable> {
-        terminate_local(&self.registry, app_id, user_id);
-        self.check_up()?;
-        let notice = AppNotice::Terminate {
-            origin: self.id.clone(),
-            user: user_id.to_string(),
-        };
-        let sent: Result<Value, _> = redis::cmd("PUBLISH")
-            .arg(Topic::App(app_id.to_string()).name(&self.prefix))
-            .arg(notice.encode())
-            .query_async(&mut self.conn.clone())
-            .await;
-        sent.map(|_| ()).map_err(|e| self.failed(&e))
-    }
-
-    async fn cache_put(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: Frame,
-        data: &str,
-        ttl: Duration,
-    ) -> Result<(), Unavailable> {
-        self.check_up()?;
-        let value = serde_json::json!({ "frame": frame.as_str(), "data": data }).to_string();
-        let set: Result<Value, _> = redis::cmd("SET")
-            .arg(format!("{}:{app_id}:cache:{channel}", self.prefix))
-            .arg(value)
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
-            .await;
-        set.map(|_| ()).map_err(|e| self.failed(&e))
-    }
-
-    async fn cache_get(
-        &self,
-        app_id: &str,
-        channel: &str,
-    ) -> Result<Option<CacheEntry>, Unavailable> {
-        self.check_up()?;
-        let key = format!("{}:{app_id}:cache:{channel}", self.prefix);
-        let (value, pttl): (Option<String>, i64) = redis::pipe()
-            .cmd("GET")
-            .arg(&key)
-            .cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(&e))?;
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        #[derive(serde::Deserialize)]
-        struct Cached {
-            frame: String,
-            data: String,
-        }
-        let Ok(cached) = serde_json::from_str::<Cached>(&value) else {
-            return Ok(None);
-        };
-        Ok(Some(CacheEntry {
-            frame: Frame::from(cached.frame),
-            data: cached.data,
-            ttl: (pttl.max(0) as u64).div_ceil(1000),
-        }))
     }
 }

@@ -10,7 +10,8 @@
 //! - `P:A:conns` — hash node → connections (for `max_connections`).
 //! - `P:A:ch:C` — hash socket → presence user id (`""` elsewhere); its length is the
 //!   subscription count. `P:A:chans` — set of occupied channels.
-//! - `P:A:pm:C` / `P:A:pi:C` — presence user → sockets / `user_info` JSON.
+//! - `P:A:pm:C` / `P:A:pi:C` — presence user → sockets / `user_info` JSON; `P:A:pp:C` —
+//!   the members that asked to be paired (peer channels).
 //! - `P:A:cf` — channels whose subscribers are sent counts; `P:A:cs` — channel → when the
 //!   count was last sent (the 30 s throttle above 100 subscribers).
 //! - `P:A:users` — signed-in user → sockets.
@@ -57,7 +58,18 @@ local function count_notice(A, C, n)
   notice(A, C, '', cjson.encode({event = 'pusher_internal:subscription_count', channel = C,
     data = cjson.encode({subscription_count = n})}))
 end
--- Removes socket S from channel C: {vacated, member_removed (0/1), count, user}, or nil.
+-- The other peer members of a peer member U (empty when U is not one).
+local function peers_of(A, C, U)
+  local pp = key(A, 'pp', C)
+  if U == '' or redis.call('SISMEMBER', pp, U) == 0 then return {} end
+  local out = {}
+  for _, v in ipairs(redis.call('SMEMBERS', pp)) do
+    if v ~= U then out[#out + 1] = v end
+  end
+  return out
+end
+-- Removes socket S from channel C: {vacated, member_removed (0/1), count, user, peers},
+-- or nil. `peers` are the pairs the socket leaves (its user's, when it was a peer member).
 local function leave(N, A, C, S)
   local ch = key(A, 'ch', C)
   local U = redis.call('HGET', ch, S)
@@ -65,11 +77,13 @@ local function leave(N, A, C, S)
   redis.call('HDEL', ch, S)
   redis.call('SREM', P .. ':node:' .. N, 'c' .. Z .. A .. Z .. C .. Z .. S)
   local removed = 0
+  local peers = peers_of(A, C, U)
   if U ~= '' then
     local pm = key(A, 'pm', C)
     if redis.call('HINCRBY', pm, U, -1) <= 0 then
       redis.call('HDEL', pm, U)
       redis.call('HDEL', key(A, 'pi', C), U)
+      redis.call('SREM', key(A, 'pp', C), U)
       removed = 1
       notice(A, C, '', cjson.encode({event = 'pusher_internal:member_removed', channel = C,
         data = cjson.encode({user_id = U})}))
@@ -85,7 +99,7 @@ local function leave(N, A, C, S)
   else
     count_notice(A, C, n)
   end
-  return {vacated, removed, n, U}
+  return {vacated, removed, n, U, peers}
 end
 local function disconnect(N, A, S)
   if redis.call('SREM', P .. ':node:' .. N, 'a' .. Z .. A .. Z .. S) == 1 then
@@ -106,16 +120,13 @@ local function sign_out(N, A, U, S)
   end
   return 0
 end
--- Undoes everything node N holds: a flat list of {A, C, vacated, removed, count, user}.
+-- Undoes everything node N holds; appends {A, C, left} to `out` per channel left.
 local function reap(N, out)
   for _, e in ipairs(redis.call('SMEMBERS', P .. ':node:' .. N)) do
     local f = split(e)
     if f[1] == 'c' then
       local r = leave(N, f[2], f[3], f[4])
-      if r then
-        out[#out + 1] = f[2]; out[#out + 1] = f[3]
-        for _, v in ipairs(r) do out[#out + 1] = v end
-      end
+      if r then out[#out + 1] = {f[2], f[3], r} end
     elseif f[1] == 'a' then
       disconnect(N, f[2], f[3])
     elseif f[1] == 'u' then
@@ -148,19 +159,20 @@ disconnect(ARGV[2], ARGV[3], ARGV[4])
 return 1
 "#;
 
-/// `ARGV`: P, N, A, C, S, user ('' unless presence), user_info, max members, counted.
-/// Returns {occupied, member_added, count, members (user, info, ...)} or {-1} when full.
+/// `ARGV`: P, N, A, C, S, user ('' unless presence), user_info, max members, counted,
+/// peer. Returns {occupied, member_added, count, members (user, info, ...), peers} or {-1}
+/// when full; `peers` are the other peer members when the user is one (its pairs).
 /// Idempotent: a socket already there changes nothing (a node re-asserting its state).
 const JOIN: &str = r#"
 local N, A, C, S, U, info = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local max, counted = tonumber(ARGV[8]), ARGV[9]
+local max, counted, peer = tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local ch = key(A, 'ch', C)
 local function members()
   if U == '' then return {} end
   return redis.call('HGETALL', key(A, 'pi', C))
 end
 if redis.call('HEXISTS', ch, S) == 1 then
-  return {0, 0, redis.call('HLEN', ch), members()}
+  return {0, 0, redis.call('HLEN', ch), members(), peers_of(A, C, U)}
 end
 local added = 0
 if U ~= '' then
@@ -168,6 +180,7 @@ if U ~= '' then
   if redis.call('HEXISTS', pm, U) == 0 then
     if max > 0 and redis.call('HLEN', pm) >= max then return {-1} end
     redis.call('HSET', key(A, 'pi', C), U, info)
+    if peer == '1' then redis.call('SADD', key(A, 'pp', C), U) end
     added = 1
   end
   redis.call('HINCRBY', pm, U, 1)
@@ -188,10 +201,10 @@ if counted == '1' then
   redis.call('HSET', key(A, 'cf'), C, '1')
   count_notice(A, C, n)
 end
-return {occupied, added, n, members()}
+return {occupied, added, n, members(), peers_of(A, C, U)}
 "#;
 
-/// `ARGV`: P, N, A, C, S. Returns {vacated, member_removed, count, user} or nil.
+/// `ARGV`: P, N, A, C, S. Returns {vacated, member_removed, count, user, peers} or nil.
 const LEAVE: &str = r#"
 return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 "#;
@@ -215,7 +228,7 @@ return sign_out(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 "#;
 
 /// `ARGV`: P, N, timeout ms. Extends this node's deadline and reaps every node past its
-/// own. Returns {known, transitions...}: known is 0 when this node was not registered
+/// own. Returns {known, {{A, C, left}, ...}}: known is 0 when this node was not registered
 /// (Redis lost its state, or the node was declared dead), so it must re-assert everything.
 const HEARTBEAT: &str = r#"
 local N, timeout = ARGV[2], tonumber(ARGV[3])
@@ -224,19 +237,49 @@ local now = now_ms()
 local known = 0
 if redis.call('ZSCORE', nodes, N) then known = 1 end
 redis.call('ZADD', nodes, now + timeout, N)
-local out = {known}
+local reaped = {}
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
   redis.call('ZREM', nodes, dead)
-  reap(dead, out)
+  reap(dead, reaped)
 end
-return out
+return {known, reaped}
 "#;
 
 /// `ARGV`: P, N. A node leaving for good (graceful shutdown): undoes what it still holds
-/// and unregisters. Returns the transitions, as the heartbeat does (without `known`).
+/// and unregisters. Returns {{A, C, left}, ...}, as the heartbeat does.
 const GOODBYE: &str = r#"
 redis.call('ZREM', P .. ':nodes', ARGV[2])
 return reap(ARGV[2], {})
+"#;
+
+/// `ARGV`: P, A, C, a, b. 1 when users a and b are both peer members of C.
+const IS_PAIR: &str = r#"
+local pp = key(ARGV[2], 'pp', ARGV[3])
+if redis.call('SISMEMBER', pp, ARGV[4]) == 1 and redis.call('SISMEMBER', pp, ARGV[5]) == 1 then
+  return 1
+end
+return 0
+"#;
+
+/// `ARGV`: P, nonce. 1 once every other live node acknowledged an offline-subscription
+/// notice.
+const ACKED: &str = r#"
+local live = redis.call('ZCOUNT', P .. ':nodes', now_ms(), '+inf')
+local acks = tonumber(redis.call('GET', P .. ':ack:' .. ARGV[2]) or '0')
+if acks >= live - 1 then return 1 end
+return 0
+"#;
+
+/// `ARGV`: P, A, users... The users whose personal channel has a subscriber somewhere.
+const LIVE_PERSONAL: &str = r#"
+local chans = key(ARGV[2], 'chans')
+local out = {}
+for i = 3, #ARGV do
+  if redis.call('SISMEMBER', chans, 'private-personal-' .. ARGV[i]) == 1 then
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
 "#;
 
 /// `ARGV`: P, A. Every occupied channel: {C, subscriptions, users, ...}.
@@ -263,6 +306,9 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: redis::Script,
     pub(crate) goodbye: redis::Script,
     pub(crate) channels: redis::Script,
+    pub(crate) is_pair: redis::Script,
+    pub(crate) live_personal: redis::Script,
+    pub(crate) acked: redis::Script,
 }
 
 impl Scripts {
@@ -278,6 +324,9 @@ impl Scripts {
             heartbeat: script(HEARTBEAT),
             goodbye: script(GOODBYE),
             channels: script(CHANNELS),
+            is_pair: script(IS_PAIR),
+            live_personal: script(LIVE_PERSONAL),
+            acked: script(ACKED),
         }
     }
 }

@@ -250,6 +250,7 @@ async fn offline(
         .map_err(|e| match e {
             SubscribeError::TooMany { .. } => ApiError::bad(e.to_string()),
             SubscribeError::Store(e) => ApiError::Storage(e),
+            SubscribeError::Cluster(e) => ApiError::from(e),
         })?;
     Ok(json!({}))
 }

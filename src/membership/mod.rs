@@ -15,6 +15,7 @@
 //! Owns: the trait and the single-node implementation. Must not touch: frames beyond the
 //! notices, HTTP, storage.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -89,6 +90,10 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// Whether `a` and `b` are both peer members of `presence` (so their peer channel
     /// exists).
     async fn is_pair(&self, app_id: &str, presence: &str, a: &str, b: &str) -> bool;
+
+    /// The users of `users` whose personal channel has a subscriber (for delivering a
+    /// stored event to it).
+    async fn live_personal(&self, app_id: &str, users: &HashSet<Arc<str>>) -> Vec<Arc<str>>;
 }
 
 /// One node: the registry decides every transition under its channel locks.
@@ -171,5 +176,9 @@ impl Membership for LocalMembership {
 
     async fn is_pair(&self, app_id: &str, presence: &str, a: &str, b: &str) -> bool {
         self.registry.is_pair(app_id, presence, a, b)
+    }
+
+    async fn live_personal(&self, app_id: &str, users: &HashSet<Arc<str>>) -> Vec<Arc<str>> {
+        self.registry.live_personal(app_id, users)
     }
 }

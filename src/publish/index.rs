@@ -81,6 +81,28 @@ impl SubIndex {
         }
     }
 
+    /// Makes the index hold exactly `subscriptions` (a cluster node that may have missed
+    /// changes while cut off reads them all again). Each channel's set is swapped whole, so a
+    /// reader never sees a channel half-filled.
+    pub fn replace_all(&self, subscriptions: impl IntoIterator<Item = (String, String, String)>) {
+        let mut grouped: HashMap<(String, String), HashSet<Arc<str>>> = HashMap::new();
+        for (app, channel, user) in subscriptions {
+            grouped
+                .entry((app, channel))
+                .or_default()
+                .insert(Arc::from(user));
+        }
+        let total = grouped.values().map(HashSet::len).sum();
+        for app in self.apps.iter() {
+            app.retain(|channel, _| grouped.contains_key(&(app.key().clone(), channel.clone())));
+        }
+        for ((app, channel), users) in grouped {
+            let channels = self.apps.entry(app).or_default();
+            channels.insert(channel, Arc::new(users));
+        }
+        self.total.store(total, Ordering::Release);
+    }
+
     /// Forgets a subscription (no-op when absent).
     pub fn remove(&self, app: &str, channel: &str, user: &str) {
         let Some(channels) = self.apps.get(app) else {

@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::Adapter;
 use crate::apps::App;
 use crate::config::Config;
+use crate::membership::Membership;
 use crate::membership::Unavailable;
 use crate::protocol::channel::is_cache;
 use crate::protocol::{message, personal_channel, SocketId};
-use crate::registry::{Frame, Registry};
+use crate::registry::Frame;
 use crate::storage::{self, NewEvent, OnCommit, Storage, StoreError};
 use crate::webhooks::{Event, Webhooks};
 pub use index::SubIndex;
@@ -76,10 +77,10 @@ struct Personal {
 async fn deliver_personal(
     mut lane: mpsc::UnboundedReceiver<Personal>,
     adapter: Arc<dyn Adapter>,
-    registry: Registry,
+    membership: Arc<dyn Membership>,
 ) {
     while let Some(job) = lane.recv().await {
-        for user in registry.live_personal(&job.app, &job.users) {
+        for user in membership.live_personal(&job.app, &job.users).await {
             let personal = personal_channel(&user);
             let frame = message::personal_event(
                 &job.event,
@@ -139,6 +140,10 @@ pub enum SubscribeError {
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This cluster node is cut off: the other nodes could not learn of the change, so
+    /// nothing changed.
+    #[error(transparent)]
+    Cluster(#[from] Unavailable),
 }
 
 /// Why a publish failed.
@@ -172,12 +177,12 @@ impl Publisher {
     pub fn new(
         storage: Storage,
         adapter: Arc<dyn Adapter>,
-        registry: Registry,
+        membership: Arc<dyn Membership>,
         webhooks: Webhooks,
         config: Arc<Config>,
     ) -> Publisher {
         let (lane, rx) = mpsc::unbounded_channel();
-        tokio::spawn(deliver_personal(rx, adapter.clone(), registry.clone()));
+        tokio::spawn(deliver_personal(rx, adapter.clone(), membership));
         Publisher {
             storage,
             index: Arc::new(SubIndex::default()),
@@ -220,6 +225,24 @@ impl Publisher {
                 }
                 Err(_) => wait = (wait * 2).min(Duration::from_secs(5)),
             }
+        }
+    }
+
+    /// Reads the open subscriptions again and makes the index hold exactly them (a cluster
+    /// node back from an outage may have missed other nodes' changes).
+    pub async fn reload(&self) -> Result<usize, StoreError> {
+        let active = self.storage.subscriptions.active().await?;
+        let n = active.len();
+        self.index
+            .replace_all(active.into_iter().map(|a| (a.app, a.channel, a.user)));
+        Ok(n)
+    }
+
+    /// Applies an offline (un)subscription another cluster node made (and committed).
+    pub fn apply_remote(&self, app: &str, channel: &str, user: &str, subscribed: bool) {
+        match subscribed {
+            true => self.index.add(app, channel, user),
+            false => self.index.remove(app, channel, user),
         }
     }
 
@@ -354,10 +377,14 @@ impl Publisher {
         // One change per user at a time, so the index follows the store in commit order and
         // the per-user limit holds.
         let _turn = self.index.lock_user(app, user).await;
+        self.adapter.check_connected()?;
         let subs = &self.storage.subscriptions;
         if !subscribe {
             let changed = subs.unsubscribe(app, user, channel).await?;
             self.index.remove(app, channel, user);
+            self.adapter
+                .offline_changed(app, channel, user, false)
+                .await;
             return Ok(changed);
         }
         let max = self.config.storage.max_subscriptions_per_user;
@@ -374,6 +401,7 @@ impl Publisher {
         }
         let changed = subs.subscribe(app, user, channel).await?;
         self.index.add(app, channel, user);
+        self.adapter.offline_changed(app, channel, user, true).await;
         Ok(changed)
     }
 }

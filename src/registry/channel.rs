@@ -19,6 +19,8 @@ pub(super) struct Subscriber {
     /// In a cluster, the member's `user_info` (the cluster keeps the members; the node
     /// keeps what it needs to re-assert them after Redis lost them).
     pub(super) info: Option<Box<RawValue>>,
+    /// In a cluster: the member asked to be paired.
+    pub(super) peer: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,7 @@ impl Channel {
                     conn: conn.clone(),
                     user_id: None,
                     info: None,
+                    peer: false,
                 },
             );
             change.subscription_count = self.subscribers.len();
@@ -153,6 +156,7 @@ impl Channel {
                 conn: conn.clone(),
                 user_id: Some(user_id),
                 info: None,
+                peer: false,
             },
         );
         change.subscription_count = self.subscribers.len();
@@ -165,14 +169,14 @@ impl Channel {
     pub(super) fn attach(
         &mut self,
         conn: &Arc<Conn>,
-        member: Option<(Arc<str>, Box<RawValue>)>,
+        member: Option<(Arc<str>, Box<RawValue>, bool)>,
     ) -> bool {
         if self.subscribers.contains_key(&conn.socket_id) {
             return false;
         }
-        let (user_id, info) = match member {
-            Some((user, info)) => (Some(user), Some(info)),
-            None => (None, None),
+        let (user_id, info, peer) = match member {
+            Some((user, info, peer)) => (Some(user), Some(info), peer),
+            None => (None, None, false),
         };
         self.subscribers.insert(
             conn.socket_id,
@@ -180,9 +184,21 @@ impl Channel {
                 conn: conn.clone(),
                 user_id,
                 info,
+                peer,
             },
         );
         true
+    }
+
+    /// In a cluster: sends `frame` and `control` to the local sockets of presence member
+    /// `user` (a peer pair of theirs formed or ended on another node).
+    pub(super) fn to_member(&self, user: &str, frame: &Frame, control: &Control) {
+        for sub in self.subscribers.values() {
+            if sub.user_id.as_deref() == Some(user) {
+                sub.conn.send(frame.clone());
+                sub.conn.control(control.clone());
+            }
+        }
     }
 
     /// Removes a subscriber; on a presence channel, tells the others when its user's last

@@ -40,8 +40,19 @@ pub struct LocalSubscription {
     pub channel: String,
     /// The socket.
     pub socket: SocketId,
-    /// On presence channels: the user id and its `user_info` JSON.
-    pub member: Option<(Arc<str>, String)>,
+    /// On presence channels, the member.
+    pub member: Option<LocalMember>,
+}
+
+/// A presence member held on this node.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    /// The user id.
+    pub user_id: Arc<str>,
+    /// Its `user_info` JSON.
+    pub info: String,
+    /// It asked to be paired.
+    pub peer: bool,
 }
 
 /// What one app holds on this node (see [`Registry::snapshot`]).
@@ -217,7 +228,7 @@ impl Registry {
         app_id: &str,
         channel: &str,
         conn: &Arc<Conn>,
-        member: Option<(Arc<str>, Box<serde_json::value::RawValue>)>,
+        member: Option<(Arc<str>, Box<serde_json::value::RawValue>, bool)>,
     ) -> (bool, bool) {
         let app = self.app(app_id);
         let mut entry = app.channels.entry(channel.to_string()).or_default();
@@ -273,6 +284,30 @@ impl Registry {
             .is_some_and(|a| a.channels.get(channel).is_some_and(|c| c.counted))
     }
 
+    /// In a cluster: sends `frame` and `control` to this node's sockets of presence member
+    /// `user` on `channel`.
+    pub fn to_member(
+        &self,
+        app_id: &str,
+        channel: &str,
+        user: &str,
+        frame: &Frame,
+        control: &Control,
+    ) {
+        if let Some(app) = self.apps.get(app_id) {
+            if let Some(c) = app.channels.get(channel) {
+                c.to_member(user, frame, control);
+            }
+        }
+    }
+
+    /// This node's connection `socket_id` of the app.
+    pub fn connection(&self, app_id: &str, socket_id: SocketId) -> Option<Arc<Conn>> {
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.conns.get(&socket_id).map(|c| c.clone()))
+    }
+
     /// Whether `channel` has a subscriber on this node.
     pub fn has_subscribers(&self, app_id: &str, channel: &str) -> bool {
         self.apps.get(app_id).is_some_and(|a| {
@@ -310,7 +345,11 @@ impl Registry {
             for c in app.channels.iter() {
                 for (socket, sub) in &c.subscribers {
                     let member = match (&sub.user_id, &sub.info) {
-                        (Some(user), Some(info)) => Some((user.clone(), info.get().to_string())),
+                        (Some(user), Some(info)) => Some(LocalMember {
+                            user_id: user.clone(),
+                            info: info.get().to_string(),
+                            peer: sub.peer,
+                        }),
                         _ => None,
                     };
                     subscriptions.push(LocalSubscription {

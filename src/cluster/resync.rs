@@ -1,0 +1,119 @@
+//! Re-asserting a node's state: after Redis lost it (a restart, a flush) or declared the
+//! node dead while it was only stalled, and after every reconnection (leaves that failed
+//! while cut off are still in Redis). Everything the registry holds is joined again (the
+//! scripts are idempotent: what Redis still has changes nothing, what it lost comes back
+//! with its notices and webhooks), and what Redis holds for the node that the registry does
+//! not is undone.
+//!
+//! Runs holding the node's gate alone, so no session's join or leave interleaves with it.
+//!
+//! Owns: that reconciliation. Must not touch: topics (the supervisor resubscribes first).
+
+use std::collections::HashSet;
+
+use super::Node;
+use crate::registry::Change;
+
+/// A node-set entry as the scripts write it: fields joined by NUL.
+fn entry(fields: &[&str]) -> Vec<u8> {
+    fields.join("\0").into_bytes()
+}
+
+impl Node {
+    /// Makes Redis hold exactly what the registry holds for this node.
+    pub(super) async fn reassert(&self) -> Result<(), redis::RedisError> {
+        let _alone = self.gate.write().await;
+        let held: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:node:{}", self.prefix, self.id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let snapshot = self.registry.snapshot();
+        let mut wanted: HashSet<Vec<u8>> = HashSet::new();
+        for app in &snapshot {
+            for s in &app.sockets {
+                wanted.insert(entry(&["a", &app.app_id, &s.to_string()]));
+            }
+            for s in &app.subscriptions {
+                wanted.insert(entry(&[
+                    "c",
+                    &app.app_id,
+                    &s.channel,
+                    &s.socket.to_string(),
+                ]));
+            }
+            for (u, s) in &app.users {
+                wanted.insert(entry(&["u", &app.app_id, u, &s.to_string()]));
+            }
+        }
+        let mut undone = 0usize;
+        for stale in held.iter().filter(|e| !wanted.contains(*e)) {
+            let fields: Vec<String> = stale
+                .split(|b| *b == 0)
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            undone += 1;
+            match fields
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["c", app, channel, socket] => {
+                    if let Some(left) = self.run_leave(app, channel, socket).await? {
+                        if left.removed {
+                            self.peer_notices(app, channel, &left.user, &left.peers, false)
+                                .await;
+                        }
+                        self.transition(app, channel, left.change());
+                    }
+                }
+                ["a", app, socket] => self.run_disconnect(app, socket).await?,
+                ["u", app, user, socket] => self.run_sign_out(app, user, socket).await?,
+                _ => undone -= 1,
+            }
+        }
+        let mut rejoined = 0usize;
+        for app in &snapshot {
+            for s in &app.sockets {
+                self.run_connect(&app.app_id, *s, 0).await?;
+            }
+            for s in &app.subscriptions {
+                let member = s
+                    .member
+                    .as_ref()
+                    .map(|m| (&*m.user_id, m.info.as_str(), m.peer));
+                let counted = self.registry.counted(&app.app_id, &s.channel);
+                let socket = s.socket.to_string();
+                let joined = self
+                    .run_join(&app.app_id, &s.channel, &socket, member, 0, counted)
+                    .await?;
+                let Some(joined) = joined else { continue };
+                if !(joined.occupied || joined.added) {
+                    continue;
+                }
+                rejoined += 1;
+                let user = member.map(|m| m.0).unwrap_or("");
+                if joined.added {
+                    self.peer_notices(&app.app_id, &s.channel, user, &joined.peers, true)
+                        .await;
+                }
+                let change = Change {
+                    occupied: joined.occupied,
+                    vacated: false,
+                    member_added: joined.added.then(|| user.into()),
+                    member_removed: None,
+                    subscription_count: joined.count,
+                };
+                self.transition(&app.app_id, &s.channel, change);
+            }
+            for (u, s) in &app.users {
+                self.run_sign_in(&app.app_id, u, &s.to_string(), &[])
+                    .await?;
+            }
+        }
+        if undone > 0 || rejoined > 0 {
+            tracing::info!(node = %self.id, undone, rejoined, "cluster: state re-asserted");
+        }
+        Ok(())
+    }
+}
