@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use redis::Value;
 use serde_json::value::RawValue;
 
-use super::calls::{self, Joined};
+use super::calls;
 use super::envelope::Topic;
 use super::Node;
 use crate::apps::App;
@@ -87,10 +87,9 @@ impl Node {
     }
 }
 
-/// The `subscription_succeeded` data of a presence channel from the script's members.
-fn presence_data(joined: &Joined) -> String {
-    let members: Vec<(&str, Box<RawValue>)> = joined
-        .members
+/// The `subscription_succeeded` data of a presence channel: (user id, `user_info`) pairs.
+pub(super) fn presence_data(members: &[(String, String)]) -> String {
+    let members: Vec<(&str, Box<RawValue>)> = members
         .iter()
         .map(|(id, info)| {
             let info = RawValue::from_string(info.clone())
@@ -209,7 +208,7 @@ impl Membership for Node {
             self.peer_notices(app_id, channel, &user, &joined.peers, true)
                 .await;
         }
-        Ok((presence_data(&joined), change))
+        Ok((presence_data(&joined.members), change))
     }
 
     async fn leave(

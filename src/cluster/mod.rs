@@ -328,8 +328,8 @@ impl Node {
                 .map_err(|_| "no answer to SUBSCRIBE".to_string())?
                 .map_err(|e| err_text(&e))?;
         }
-        self.heartbeat().await.map_err(|e| err_text(&e))?;
-        self.reassert().await.map_err(|e| err_text(&e))?;
+        let known = self.heartbeat().await.map_err(|e| err_text(&e))?;
+        self.reassert(!known).await.map_err(|e| err_text(&e))?;
         Ok((sink, stream))
     }
 
@@ -512,7 +512,7 @@ impl Node {
                             // Redis forgot this node (restarted empty, or declared it dead
                             // while it was stalled): everything it holds goes back.
                             tracing::warn!(node = %self.id, "cluster: Redis did not know this node; re-asserting its state");
-                            if let Err(err) = self.reassert().await {
+                            if let Err(err) = self.reassert(true).await {
                                 break err_text(&err);
                             }
                         }

@@ -9,10 +9,11 @@
 //!
 //! Owns: that reconciliation. Must not touch: topics (the supervisor resubscribes first).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::Node;
-use crate::registry::Change;
+use crate::protocol::{message, SocketId};
+use crate::registry::{AppSnapshot, Change, Frame};
 
 /// A node-set entry as the scripts write it: fields joined by NUL.
 fn entry(fields: &[&str]) -> Vec<u8> {
@@ -20,8 +21,10 @@ fn entry(fields: &[&str]) -> Vec<u8> {
 }
 
 impl Node {
-    /// Makes Redis hold exactly what the registry holds for this node.
-    pub(super) async fn reassert(&self) -> Result<(), redis::RedisError> {
+    /// Makes Redis hold exactly what the registry holds for this node. With `lost` (Redis
+    /// did not know the node: its state, and maybe other nodes', is gone), every local
+    /// presence subscriber is then sent the channel's members afresh.
+    pub(super) async fn reassert(&self, lost: bool) -> Result<(), redis::RedisError> {
         let _alone = self.gate.write().await;
         let held: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(format!("{}:node:{}", self.prefix, self.id))
@@ -113,6 +116,37 @@ impl Node {
         }
         if undone > 0 || rejoined > 0 {
             tracing::info!(node = %self.id, undone, rejoined, "cluster: state re-asserted");
+        }
+        if lost {
+            self.resend_members(&snapshot).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends each local presence subscriber `pusher_internal:subscription_succeeded` with
+    /// the members Redis holds now. After Redis lost its state, the members that left while
+    /// it was away were never announced as removed; pusher-js replaces its member list on a
+    /// repeated `subscription_succeeded`, so no ghost stays in a client's list. Members
+    /// other nodes re-assert later reach the client as `member_added`.
+    async fn resend_members(&self, snapshot: &[AppSnapshot]) -> Result<(), redis::RedisError> {
+        for app in snapshot {
+            let mut channels: HashMap<&str, Vec<SocketId>> = HashMap::new();
+            for s in app.subscriptions.iter().filter(|s| s.member.is_some()) {
+                channels.entry(&s.channel).or_default().push(s.socket);
+            }
+            for (channel, sockets) in channels {
+                let members: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(format!("{}:{}:pi:{channel}", self.prefix, app.app_id))
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                let data = super::membership::presence_data(&members);
+                let frame = Frame::from(message::subscription_succeeded(channel, &data));
+                for socket in sockets {
+                    if let Some(conn) = self.registry.connection(&app.app_id, socket) {
+                        conn.send(frame.clone());
+                    }
+                }
+            }
         }
         Ok(())
     }

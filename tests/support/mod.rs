@@ -5,6 +5,7 @@
 //! time and is only used after a positive control.
 #![allow(dead_code)] // each test file uses a subset of the helpers
 
+pub(crate) mod hooks;
 pub(crate) mod mongo;
 pub(crate) mod process;
 pub(crate) mod redis;

@@ -358,7 +358,28 @@ pub(crate) async fn publish_at(addr: SocketAddr, channel: &str, name: &str, data
 
 /// Connects to app 1 at `addr` (protocol 7) and reads `pusher:connection_established`.
 pub(crate) async fn connect_at(addr: SocketAddr) -> Client {
+    connect_app_at(addr, KEY, SECRET).await
+}
+
+/// Opens a WebSocket to app 1 at `addr` and reads nothing (for refusals).
+pub(crate) async fn connect_raw_at(addr: SocketAddr) -> Client {
     let url = format!("ws://{addr}/app/{KEY}?protocol=7&client=js&version=8.6.0");
+    let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {url} timed out"))
+        .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+    Client {
+        ws,
+        socket_id: String::new(),
+        key: KEY.to_string(),
+        secret: SECRET.to_string(),
+    }
+}
+
+/// Connects to the app `key` (whose secret is `secret`) at `addr` and reads
+/// `pusher:connection_established`.
+pub(crate) async fn connect_app_at(addr: SocketAddr, key: &str, secret: &str) -> Client {
+    let url = format!("ws://{addr}/app/{key}?protocol=7&client=js&version=8.6.0");
     let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
         .await
         .unwrap_or_else(|_| panic!("connect to {url} timed out"))
@@ -367,8 +388,8 @@ pub(crate) async fn connect_at(addr: SocketAddr) -> Client {
     let mut c = Client {
         ws,
         socket_id: String::new(),
-        key: KEY.to_string(),
-        secret: SECRET.to_string(),
+        key: key.to_string(),
+        secret: secret.to_string(),
     };
     c.established().await;
     c
