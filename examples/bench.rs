@@ -8,6 +8,9 @@
 //!     --channels 20 --rate 1000 --seconds 10 --pid $(pgrep -x pushi)
 //! ```
 //!
+//! With `--subscribe-addrs A,B,C`, subscriber i connects to the i-th address round-robin
+//! (the nodes of a cluster) while publishes still enter `--addr`.
+//!
 //! With `--offline-subscribers N`, N users are offline-subscribed (pushi's
 //! `POST /apps/{id}/subscribe`) to every channel first, so each publish is stored.
 
@@ -31,6 +34,7 @@ struct Args {
     payload: usize,
     pid: Option<u32>,
     offline: usize,
+    subscribe_addrs: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +50,7 @@ fn parse_args() -> Args {
         payload: 100,
         pid: None,
         offline: 0,
+        subscribe_addrs: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -53,6 +58,7 @@ fn parse_args() -> Args {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--addr" => a.addr = v,
+            "--subscribe-addrs" => a.subscribe_addrs = v.split(',').map(str::to_string).collect(),
             "--app-id" => a.app_id = v,
             "--key" => a.key = v,
             "--secret" => a.secret = v,
@@ -85,6 +91,7 @@ fn now_us() -> u64 {
 
 async fn subscriber(
     args: Arc<Args>,
+    addr: String,
     channel: String,
     ready: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
@@ -92,8 +99,8 @@ async fn subscriber(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let url = format!(
-        "ws://{}/app/{}?protocol=7&client=bench&version=1",
-        args.addr, args.key
+        "ws://{addr}/app/{}?protocol=7&client=bench&version=1",
+        args.key
     );
     let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
         Ok(ws) => ws,
@@ -196,8 +203,13 @@ async fn main() {
     let started = Instant::now();
     for i in 0..args.connections {
         let channel = format!("bench-{}", i % args.channels);
+        let addr = match args.subscribe_addrs.len() {
+            0 => args.addr.clone(),
+            n => args.subscribe_addrs[i % n].clone(),
+        };
         tasks.push(tokio::spawn(subscriber(
             args.clone(),
+            addr,
             channel,
             ready.clone(),
             latencies.clone(),

@@ -766,6 +766,47 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section_fails_closed() {
+        let ok = "[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let config = from_toml(ok).expect("a minimal [cluster]");
+        let cluster = config.cluster.expect("cluster set");
+        assert_eq!(
+            (cluster.prefix.as_str(), cluster.node_timeout),
+            ("pushi", 10)
+        );
+        for (text, key) in [
+            ("[cluster]\nredis_url = \"http://x\"\n", "cluster.redis_url"),
+            (
+                "[cluster]\nredis_url = \"redis://x\"\nprefix = \"\"\n",
+                "cluster.prefix",
+            ),
+            (
+                "[cluster]\nredis_url = \"redis://x\"\nnode_timeout = 3\n",
+                "cluster.node_timeout",
+            ),
+            (
+                "[cluster]\nredis_url = \"redis://x\"\nstartup_timeout = 0\n",
+                "cluster.startup_timeout",
+            ),
+            (
+                "[cluster]\nredis_url = \"redis://x\"\nnode_timout = 3\n",
+                "node_timout",
+            ),
+            ("[cluster]\nprefix = \"p\"\n", "redis_url"),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let debug = format!(
+            "{:?}",
+            from_toml("[cluster]\nredis_url = \"redis://u:secret@h/\"\n")
+                .unwrap()
+                .cluster
+        );
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
     fn unknown_key_names_the_key() {
         let err = from_toml("[server]\nprot = 1\n").unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");

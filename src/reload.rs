@@ -60,6 +60,10 @@ pub fn reload(
             "storage",
             section(&running.storage) != section(&next.storage),
         ),
+        (
+            "cluster",
+            section(&running.cluster) != section(&next.cluster),
+        ),
     ];
     let stale: Vec<&str> = sections
         .iter()
