@@ -1083,3 +1083,46 @@ async fn clusters_with_different_prefixes_do_not_see_each_other() {
         &json!({"occupied": true, "subscription_count": 1})
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Member notices older than a joining socket's member list
+// ---------------------------------------------------------------------------------------
+
+/// A member notice carries its channel's version; a socket that joined drops the notices at
+/// or below the version its `subscription_succeeded` reflected (one that was in flight while
+/// it joined would otherwise announce a member its list already has). Forged notices on
+/// the channel's topic stand in for ones in flight.
+#[tokio::test]
+async fn member_notices_older_than_a_joining_sockets_list_are_dropped() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 2, "").await;
+    let presence = unique("presence-floor-");
+    let mut a = cluster[0].connect().await;
+    a.subscribe_presence(&presence, &member("ua")).await;
+    let mut b = cluster[1].connect().await;
+    b.subscribe_presence(&presence, &member("ub")).await;
+    a.recv_event("pusher_internal:member_added").await;
+    let floor: u64 = redis
+        .command(&["HGET", "pushi:1:pv", &presence])
+        .parse()
+        .expect("a version");
+    let topic = format!("pushi:m:1:{presence}");
+    let notice = |user: &str, version: u64| {
+        let frame = json!({
+            "event": "pusher_internal:member_added",
+            "channel": presence,
+            "data": json!({"user_id": user, "user_info": {}}).to_string(),
+        });
+        format!("f\0\0\0{version}\0{frame}")
+    };
+    // Stale for b (it joined after it), but not for a: a joined at an older version.
+    redis.command(&["PUBLISH", &topic, &notice("stale", floor)]);
+    redis.command(&["PUBLISH", &topic, &notice("fresh", floor + 1)]);
+    let got = b.recv_event("pusher_internal:member_added").await;
+    assert_eq!(data_of(&got)["user_id"], "fresh", "{got}");
+    b.expect_nothing(100).await;
+    for user in ["stale", "fresh"] {
+        let got = a.recv_event("pusher_internal:member_added").await;
+        assert_eq!(data_of(&got)["user_id"], user, "{got}");
+    }
+}

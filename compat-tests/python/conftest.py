@@ -18,6 +18,12 @@ import pytest
 
 HOST = os.environ["PUSHI_HOST"]
 PORT = int(os.environ["PUSHI_PORT"])
+# Cluster mode (compat-tests/run --cluster): PUSHI_PORT is node A, PUSHI_PORT_B a second node
+# of the same cluster. Tests open their receiving client there (clients(port=PORT_B)), so
+# that what they check crosses nodes; without it (default and --target mode) node B is
+# node A.
+PORT_B = int(os.environ.get("PUSHI_PORT_B") or PORT)
+CLUSTER = os.environ.get("PUSHI_CLUSTER") == "1"
 APP_ID = os.environ["PUSHI_APP_ID"]
 KEY = os.environ["PUSHI_KEY"]
 SECRET = os.environ["PUSHI_SECRET"]
@@ -54,14 +60,15 @@ def uniq(prefix):
     return "%s-py-%s" % (prefix, uuid.uuid4().hex[:10])
 
 
-def make_sdk(app_id=APP_ID, key=KEY, secret=SECRET):
+def make_sdk(app_id=APP_ID, key=KEY, secret=SECRET, port=PORT):
+    """The Python server SDK on node A (or on `port`, e.g. PORT_B)."""
     return pusher.Pusher(
         app_id=app_id,
         key=key,
         secret=secret,
         ssl=False,
         host=HOST,
-        port=PORT,
+        port=port,
         timeout=5,
         encryption_master_key_base64=MASTER_KEY_B64,
     )
@@ -80,13 +87,14 @@ class Client:
     level makes subscription confirmations race-free.
     """
 
-    def __init__(self, key=KEY, secret=SECRET, user_data=None):
+    def __init__(self, key=KEY, secret=SECRET, user_data=None, port=PORT):
+        """`port`: the node to connect to (PORT_B for node B; default node A)."""
         self.frames = queue.Queue()
         self.errors = queue.Queue()
         self.pusher = pysher.Pusher(
             key,
             custom_host=HOST,
-            port=PORT,
+            port=port,
             secure=False,
             secret=secret,
             user_data=user_data,
@@ -194,7 +202,10 @@ class Client:
 
 @pytest.fixture
 def clients():
-    """Factory for connected pysher clients, all disconnected after the test."""
+    """Factory for connected pysher clients, all disconnected after the test.
+
+    clients(port=PORT_B) opens one on node B (node A outside cluster mode).
+    """
     made = []
 
     def factory(**kwargs):

@@ -1,13 +1,14 @@
 """pushi's extensions with the stock Python server SDK (its generic signed request,
 `pusher.http.Request`) and a pysher client: offline subscriptions, stored events, the
-personal channel with its replay and `since` recovery."""
+personal channel with its replay and `since` recovery. The SDK talks to node A, the pysher
+client that receives the live event is on node B (node A outside cluster mode)."""
 import json
 
 import pytest
 from pusher.errors import PusherBadRequest
 from pusher.http import GET, POST, Request
 
-from conftest import APP_ID, FULL, make_sdk, uniq
+from conftest import APP_ID, FULL, PORT_B, make_sdk, uniq
 
 pytestmark = pytest.mark.skipif(not FULL, reason="the pushi extensions (fixture config only)")
 
@@ -59,7 +60,7 @@ def test_personal_channel_replay_and_since_with_pysher(clients):
     for i in range(3):
         sdk.trigger(feed, "old-%d" % i, str(i))
 
-    c = clients()
+    c = clients(port=PORT_B)
     auth = sdk.authenticate(personal, c.socket_id)["auth"]
     _, event, data = c.subscribe_raw(personal, auth, None)
     assert event == "pusher_internal:subscription_succeeded"

@@ -1,11 +1,14 @@
 """pysher (Python WebSocket client) subscribing to channels and receiving
-events published with the Python server SDK."""
+events published with the Python server SDK.
+
+The SDK talks to node A; a client that receives what it (or another client) sends is on
+node B (clients(port=PORT_B); node A outside cluster mode)."""
 import json
 import re
 import threading
 import time
 
-from conftest import SECRET, WAIT, needs_client_events, uniq
+from conftest import PORT_B, SECRET, WAIT, needs_client_events, uniq
 
 
 def test_pysher_connects_with_a_valid_socket_id(clients):
@@ -15,7 +18,7 @@ def test_pysher_connects_with_a_valid_socket_id(clients):
 
 
 def test_public_channel_receives_sdk_trigger(clients, sdk):
-    c = clients()
+    c = clients(port=PORT_B)
     name = uniq("py-public")
     channel, data = c.subscribe(name)
     assert data == "{}"
@@ -35,7 +38,7 @@ def test_public_channel_receives_sdk_trigger(clients, sdk):
 
 
 def test_private_channel_with_sdk_authenticate(clients, sdk):
-    c = clients()
+    c = clients(port=PORT_B)
     name = uniq("private-py")
     auth = sdk.authenticate(channel=name, socket_id=c.socket_id)
     assert set(auth) == {"auth"}
@@ -76,7 +79,7 @@ def test_presence_channel_signed_locally_with_spaced_channel_data(clients, sdk):
     presence = json.loads(data)["presence"]
     assert presence == {"ids": ["alice"], "hash": {"alice": {"name": "Alice"}}, "count": 1}
 
-    bob = clients(user_data={"user_id": "bob", "user_info": {"name": "Bob"}})
+    bob = clients(user_data={"user_id": "bob", "user_info": {"name": "Bob"}}, port=PORT_B)
     _, data = bob.subscribe(name)
     presence = json.loads(data)["presence"]
     assert presence["count"] == 2
@@ -106,8 +109,8 @@ def test_presence_channel_with_sdk_authenticate_custom_data(clients, sdk):
 
 
 def test_sdk_trigger_excludes_socket_id(clients, sdk):
-    a = clients()
-    b = clients()
+    a = clients(port=PORT_B)
+    b = clients(port=PORT_B)
     name = uniq("py-exclude")
     a.subscribe(name)
     b.subscribe(name)
@@ -119,7 +122,7 @@ def test_sdk_trigger_excludes_socket_id(clients, sdk):
 
 
 def test_sdk_trigger_batch_reaches_pysher(clients, sdk):
-    c = clients()
+    c = clients(port=PORT_B)
     one = uniq("py-batch")
     two = uniq("private-py-batch")
     c.subscribe(one)
@@ -136,7 +139,7 @@ def test_sdk_trigger_batch_reaches_pysher(clients, sdk):
 
 
 def test_unsubscribe_stops_delivery(clients, sdk):
-    c = clients()
+    c = clients(port=PORT_B)
     gone = uniq("py-gone")
     kept = uniq("py-kept")
     c.subscribe(gone)
@@ -155,7 +158,7 @@ def test_unsubscribe_stops_delivery(clients, sdk):
 @needs_client_events
 def test_pysher_client_events_on_private_channel(clients, sdk):
     a = clients()
-    b = clients()
+    b = clients(port=PORT_B)
     name = uniq("private-py-chat")
     chan_a, _ = a.subscribe(name, auth=sdk.authenticate(channel=name, socket_id=a.socket_id)["auth"])
     b.subscribe(name, auth=sdk.authenticate(channel=name, socket_id=b.socket_id)["auth"])
@@ -172,7 +175,7 @@ def test_pysher_client_events_on_private_channel(clients, sdk):
 def test_pysher_client_event_on_presence_carries_user_id(clients):
     name = uniq("presence-py-chat")
     a = clients(user_data={"user_id": "ann", "user_info": {}})
-    b = clients(user_data={"user_id": "bo", "user_info": {}})
+    b = clients(user_data={"user_id": "bo", "user_info": {}}, port=PORT_B)
     chan_a, _ = a.subscribe(name)
     b.subscribe(name)
     chan_a.trigger("client-hi", "hello")
@@ -184,7 +187,7 @@ def test_pysher_client_event_on_presence_carries_user_id(clients):
 
 def test_pysher_survives_ping_with_empty_string_data(clients, sdk):
     # pysher sends {"event":"pusher:ping","data":""} on open; the connection stays usable.
-    c = clients()
+    c = clients(port=PORT_B)
     c.pusher.connection.send_ping()
     name = uniq("py-after-ping")
     c.subscribe(name)

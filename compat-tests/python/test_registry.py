@@ -1,11 +1,14 @@
 """The MongoDB app registry: the app compat-tests/run creates with `pushi apps create --json`
-works with the Python server SDK and a pysher client next to the fixture's [[apps]]."""
+works with the Python server SDK and a pysher client next to the fixture's [[apps]]. The SDK
+talks to node A, the pysher clients are on node B (node A outside cluster mode), which loads
+the same registry."""
 import json
 
 import pusher
 import pytest
 
 from conftest import (
+    PORT_B,
     REGISTRY_APP_ID,
     REGISTRY_KEY,
     REGISTRY_SECRET,
@@ -23,7 +26,7 @@ def registry_sdk(secret=None):
 
 
 def registry_client(clients):
-    return clients(key=REGISTRY_KEY, secret=REGISTRY_SECRET)
+    return clients(key=REGISTRY_KEY, secret=REGISTRY_SECRET, port=PORT_B)
 
 
 def test_registry_trigger_reaches_pysher_on_public_channel(clients):

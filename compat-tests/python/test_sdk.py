@@ -1,4 +1,8 @@
-"""The Python server SDK (pusher on PyPI) against the HTTP API."""
+"""The Python server SDK (pusher on PyPI) against the HTTP API.
+
+The SDK talks to node A; a pysher client that receives what it publishes is on node B
+(clients(port=PORT_B); node A outside cluster mode), and where several clients make up a
+count or a list, some are on each node."""
 import hashlib
 import hmac
 import json
@@ -6,7 +10,7 @@ import json
 import pusher
 import pytest
 
-from conftest import FULL, KEY, SECRET, make_sdk, needs_subscription_count, uniq
+from conftest import FULL, KEY, PORT_B, SECRET, make_sdk, needs_subscription_count, uniq
 
 
 def test_trigger_returns_empty_object(sdk):
@@ -15,7 +19,7 @@ def test_trigger_returns_empty_object(sdk):
 
 def test_trigger_to_many_channels(sdk, clients):
     chans = [uniq("py-multi") for _ in range(3)]
-    c = clients()
+    c = clients(port=PORT_B)
     for ch in chans:
         c.subscribe(ch)
     assert sdk.trigger(chans, "fan", "out") == {}
@@ -53,7 +57,7 @@ def test_channels_info_lists_occupied_channels(sdk, clients):
 def test_channels_info_with_user_count(sdk, clients):
     prefix = uniq("presence-py-list")
     a = clients(user_data={"user_id": "u1"})
-    b = clients(user_data={"user_id": "u2"})
+    b = clients(user_data={"user_id": "u2"}, port=PORT_B)
     a.subscribe(prefix + "-room")
     b.subscribe(prefix + "-room")
     info = sdk.channels_info(prefix_filter=prefix, attributes=["user_count"])
@@ -73,7 +77,7 @@ def test_channel_info_unoccupied(sdk):
 def test_channel_info_subscription_count(sdk, clients):
     ch = uniq("py-count")
     clients().subscribe(ch)
-    clients().subscribe(ch)
+    clients(port=PORT_B).subscribe(ch)
     assert sdk.channel_info(ch, ["subscription_count"]) == {"occupied": True, "subscription_count": 2}
 
 
@@ -87,7 +91,7 @@ def test_channel_info_user_count_on_public_is_400(sdk, clients):
 def test_users_info(sdk, clients):
     ch = uniq("presence-py-users")
     clients(user_data={"user_id": 1, "user_info": {"a": 1}}).subscribe(ch)
-    clients(user_data={"user_id": 2}).subscribe(ch)
+    clients(user_data={"user_id": 2}, port=PORT_B).subscribe(ch)
     users = sdk.users_info(ch)
     assert list(users) == ["users"]
     assert sorted(users["users"], key=lambda u: u["id"]) == [{"id": "1"}, {"id": "2"}]
@@ -127,7 +131,7 @@ def test_authenticate_private_signature_format(sdk):
 
 
 def test_authenticate_encrypted_channel_returns_shared_secret(sdk, clients):
-    c = clients()
+    c = clients(port=PORT_B)
     name = uniq("private-encrypted-py")
     auth = sdk.authenticate(channel=name, socket_id=c.socket_id)
     assert set(auth) == {"auth", "shared_secret"}

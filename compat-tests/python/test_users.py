@@ -1,16 +1,18 @@
 """User sign-in with the Python server SDK: authenticate_user signs a pusher:signin that the
 server accepts, send_to_user reaches the signed-in socket, and terminate_user_connections
-(which the SDK posts to /users/{id}/terminate_connections, without /apps/{id}) closes it."""
+(which the SDK posts to /users/{id}/terminate_connections, without /apps/{id}) closes it.
+The SDK talks to node A; the sockets it reaches are on node B (node A outside cluster
+mode)."""
 import json
 
 import websocket
 
-from conftest import HOST, KEY, PORT, WAIT, uniq
+from conftest import HOST, KEY, PORT, PORT_B, WAIT, uniq
 
 
-def open_socket():
+def open_socket(port=PORT):
     ws = websocket.create_connection(
-        "ws://%s:%d/app/%s?protocol=7&client=py-raw&version=1" % (HOST, PORT, KEY), timeout=WAIT
+        "ws://%s:%d/app/%s?protocol=7&client=py-raw&version=1" % (HOST, port, KEY), timeout=WAIT
     )
     hello = json.loads(ws.recv())
     assert hello["event"] == "pusher:connection_established"
@@ -27,8 +29,8 @@ def next_frame(ws, skip=("pusher_internal:subscription_count",)):
             return msg
 
 
-def sign_in(sdk, user_id):
-    ws, socket_id = open_socket()
+def sign_in(sdk, user_id, port=PORT):
+    ws, socket_id = open_socket(port)
     auth = sdk.authenticate_user(socket_id, {"id": user_id, "user_info": {"name": "py"}})
     ws.send(json.dumps({"event": "pusher:signin", "data": auth}))
     ok = next_frame(ws)
@@ -44,7 +46,7 @@ def test_authenticate_user_signs_a_signin_the_server_accepts(sdk):
 
 def test_send_to_user_reaches_the_signed_in_socket(sdk):
     user = uniq("u")
-    ws = sign_in(sdk, user)
+    ws = sign_in(sdk, user, PORT_B)
     channel = "#server-to-user-%s" % user
     ws.send(json.dumps({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}}))
     assert next_frame(ws)["event"] == "pusher_internal:subscription_succeeded"
@@ -56,7 +58,7 @@ def test_send_to_user_reaches_the_signed_in_socket(sdk):
 
 def test_terminate_user_connections_closes_only_that_user(sdk):
     user, other = uniq("u"), uniq("u")
-    ws = sign_in(sdk, user)
+    ws = sign_in(sdk, user, PORT_B)
     bystander = sign_in(sdk, other)
     assert sdk.terminate_user_connections(user) == {}
     err = next_frame(ws)

@@ -25,6 +25,8 @@ pub(super) struct Joined {
     pub(super) members: Vec<(String, String)>,
     /// The other peer members, when the user is one (its pairs).
     pub(super) peers: Vec<String>,
+    /// The version of the channel's last member notice, which `members` reflects.
+    pub(super) version: u64,
 }
 
 /// What a LEAVE changed.
@@ -181,6 +183,7 @@ impl Node {
             count: out.get(2).and_then(int).unwrap_or(0).max(0) as usize,
             members,
             peers: strings(out.get(4)),
+            version: out.get(5).and_then(int).unwrap_or(0).max(0) as u64,
         }))
     }
 
@@ -255,6 +258,7 @@ impl Left {
             member_added: None,
             member_removed: self.removed.then(|| Arc::from(self.user.as_str())),
             subscription_count: self.count,
+            notice_floor: None,
         }
     }
 }

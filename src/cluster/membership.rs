@@ -199,6 +199,7 @@ impl Membership for Node {
             member_added: joined.added.then(|| Arc::from(user.as_str())),
             member_removed: None,
             subscription_count: joined.count,
+            notice_floor: presence.then_some(joined.version),
         };
         if !presence {
             return Ok(("{}".to_string(), change));

@@ -106,6 +106,7 @@ impl Node {
                     member_added: joined.added.then(|| user.into()),
                     member_removed: None,
                     subscription_count: joined.count,
+                    notice_floor: None,
                 };
                 self.transition(&app.app_id, &s.channel, change);
             }

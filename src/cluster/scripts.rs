@@ -12,7 +12,8 @@
 //!   subscription count. `P:A:chans` — set of occupied channels.
 //! - `P:A:pm:C` / `P:A:pi:C` — presence user → sockets / `user_info` JSON; `P:A:pp:C` —
 //!   the members that asked to be paired (peer channels).
-//! - `P:A:cf` — channels whose subscribers are sent counts; `P:A:cs` — channel → when the
+//! - `P:A:pv` — presence channel → version of its last member notice (see
+//!   `member_notice`); `P:A:cf` — channels whose subscribers are sent counts; `P:A:cs` — channel → when the
 //!   count was last sent (the 30 s throttle above 100 subscribers).
 //! - `P:A:users` — signed-in user → sockets.
 //!
@@ -45,6 +46,23 @@ local function split(s)
 end
 local function notice(A, C, except, frame)
   redis.call('PUBLISH', P .. ':m:' .. A .. ':' .. C, 'f' .. Z .. Z .. except .. Z .. Z .. frame)
+end
+-- A presence channel's member notices carry increasing versions (in the envelope's id
+-- field, so sockets get them as stored frames): a joining socket drops those at or below
+-- the version its JOIN saw, which its member list already reflects. A channel's first
+-- version is the Redis time in µs, so versions also increase across a Redis restart.
+local function member_notice(A, C, except, frame)
+  local pv = key(A, 'pv')
+  local v = redis.call('HINCRBY', pv, C, 1)
+  if v == 1 then
+    v = now_ms() * 1000
+    redis.call('HSET', pv, C, string.format('%.0f', v))
+  end
+  redis.call('PUBLISH', P .. ':m:' .. A .. ':' .. C,
+    'f' .. Z .. Z .. except .. Z .. string.format('%.0f', v) .. Z .. frame)
+end
+local function member_version(A, C)
+  return redis.call('HGET', key(A, 'pv'), C) or '0'
 end
 -- pusher_internal:subscription_count, at most every 30 s above 100 subscribers.
 local function count_notice(A, C, n)
@@ -85,7 +103,7 @@ local function leave(N, A, C, S)
       redis.call('HDEL', key(A, 'pi', C), U)
       redis.call('SREM', key(A, 'pp', C), U)
       removed = 1
-      notice(A, C, '', cjson.encode({event = 'pusher_internal:member_removed', channel = C,
+      member_notice(A, C, '', cjson.encode({event = 'pusher_internal:member_removed', channel = C,
         data = cjson.encode({user_id = U})}))
     end
   end
@@ -96,6 +114,7 @@ local function leave(N, A, C, S)
     redis.call('SREM', key(A, 'chans'), C)
     redis.call('HDEL', key(A, 'cs'), C)
     redis.call('HDEL', key(A, 'cf'), C)
+    redis.call('HDEL', key(A, 'pv'), C)
   else
     count_notice(A, C, n)
   end
@@ -160,8 +179,9 @@ return 1
 "#;
 
 /// `ARGV`: P, N, A, C, S, user ('' unless presence), user_info, max members, counted,
-/// peer. Returns {occupied, member_added, count, members (user, info, ...), peers} or {-1}
-/// when full; `peers` are the other peer members when the user is one (its pairs).
+/// peer. Returns {occupied, member_added, count, members (user, info, ...), peers, version}
+/// or {-1} when full; `peers` are the other peer members when the user is one (its pairs);
+/// `version` that of the channel's last member notice, which `members` reflects.
 /// Idempotent: a socket already there changes nothing (a node re-asserting its state).
 const JOIN: &str = r#"
 local N, A, C, S, U, info = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -172,7 +192,7 @@ local function members()
   return redis.call('HGETALL', key(A, 'pi', C))
 end
 if redis.call('HEXISTS', ch, S) == 1 then
-  return {0, 0, redis.call('HLEN', ch), members(), peers_of(A, C, U)}
+  return {0, 0, redis.call('HLEN', ch), members(), peers_of(A, C, U), member_version(A, C)}
 end
 local added = 0
 if U ~= '' then
@@ -195,13 +215,13 @@ if n == 1 then
 end
 if added == 1 then
   local data = '{"user_id":' .. cjson.encode(U) .. ',"user_info":' .. info .. '}'
-  notice(A, C, S, cjson.encode({event = 'pusher_internal:member_added', channel = C, data = data}))
+  member_notice(A, C, S, cjson.encode({event = 'pusher_internal:member_added', channel = C, data = data}))
 end
 if counted == '1' then
   redis.call('HSET', key(A, 'cf'), C, '1')
   count_notice(A, C, n)
 end
-return {occupied, added, n, members(), peers_of(A, C, U)}
+return {occupied, added, n, members(), peers_of(A, C, U), member_version(A, C)}
 "#;
 
 /// `ARGV`: P, N, A, C, S. Returns {vacated, member_removed, count, user, peers} or nil.

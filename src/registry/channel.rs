@@ -58,6 +58,9 @@ pub struct Change {
     pub member_removed: Option<Arc<str>>,
     /// Subscribers after the change.
     pub subscription_count: usize,
+    /// In a cluster, on a presence channel the socket joined: the version of the last
+    /// member notice its member list reflects. Notices at or below it are stale for it.
+    pub notice_floor: Option<u64>,
 }
 
 /// Subscribers and presence members of one channel.

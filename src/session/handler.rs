@@ -195,7 +195,9 @@ struct Wire<S> {
     /// The connection's bounded queue (fan-out from other tasks).
     rx: mpsc::Receiver<Outbound>,
     /// Personal channels this socket is subscribed to, with the highest stored-event id
-    /// their subscription replayed: a stored event at or below it was replayed already.
+    /// their subscription replayed: a stored event at or below it was replayed already. In a
+    /// cluster also its presence channels, with the version of the last member notice its
+    /// `subscription_succeeded` reflected: older notices are not delivered.
     floors: Vec<(String, u64)>,
     /// Messages to hand to the socket, in order: replies, and frames taken from `rx`.
     outbox: VecDeque<Message>,
@@ -697,6 +699,12 @@ where
                 }
                 if kind.needs_auth() {
                     self.auth_deadline = None;
+                }
+                // In a cluster, member notices older than the member list just read are
+                // dropped when they reach this socket (see `Wire::fresh`).
+                if let Some(floor) = change.notice_floor {
+                    self.wire.floors.retain(|(c, _)| *c != channel);
+                    self.wire.floors.push((channel.clone(), floor));
                 }
                 let data = match personal {
                     None => data,

@@ -2,15 +2,16 @@
 // server under test. Channel authorization goes through the server SDK's
 // authorizeChannel inside a customHandler, as an app's auth endpoint would.
 import Pusher from 'pusher-js';
-import { HOST, PORT, WAIT_MS } from './env.mjs';
+import { HOST, PORT, PORT_B, WAIT_MS } from './env.mjs';
 import { serverSdk } from './http.mjs';
 import { track } from './cleanup.mjs';
 
-export function pusherOptions(app, extra = {}) {
+// `port`: the node to connect to (PORT_B for node B in cluster mode; see env.mjs).
+export function pusherOptions(app, extra = {}, port = PORT) {
   return {
     cluster: 'mt1',
     wsHost: HOST,
-    wsPort: PORT,
+    wsPort: port,
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
@@ -21,8 +22,9 @@ export function pusherOptions(app, extra = {}) {
 /**
  * presence: {user_id, user_info} used for presence channels.
  * authorize: optional override (params) => auth object or throws.
+ * port: the node to connect to (default node A; see makeClientB).
  */
-export function makeClient(app, { presence, authorize, extra = {} } = {}) {
+export function makeClient(app, { presence, authorize, extra = {}, port = PORT } = {}) {
   const sdk = serverSdk(app);
   const client = new Pusher(
     app.key,
@@ -40,9 +42,14 @@ export function makeClient(app, { presence, authorize, extra = {} } = {}) {
         },
       },
       ...extra,
-    }),
+    }, port),
   );
   return track(client);
+}
+
+// The same client on node B: the receiving side of a test (node A outside cluster mode).
+export function makeClientB(app, opts = {}) {
+  return makeClient(app, { ...opts, port: PORT_B });
 }
 
 export function waitConnected(client, timeout = WAIT_MS) {
@@ -71,6 +78,11 @@ export async function connectClient(app, opts) {
   const c = makeClient(app, opts);
   await waitConnected(c);
   return c;
+}
+
+// connectClient on node B (node A outside cluster mode).
+export function connectClientB(app, opts = {}) {
+  return connectClient(app, { ...opts, port: PORT_B });
 }
 
 // Resolves with the next emission of `event` on a pusher-js channel/connection.

@@ -11,6 +11,28 @@ function required(name) {
 export const HOST = required('PUSHI_HOST');
 export const PORT = Number(required('PUSHI_PORT'));
 
+// Cluster mode (compat-tests/run --cluster): PUSHI_PORT is node A, PUSHI_PORT_B a second
+// node of the same cluster (same apps, one Redis). Tests open their receiving client on
+// node B, so that what they check crosses nodes; without PUSHI_PORT_B (default and
+// --target mode) node B is node A and every test runs as before.
+export const PORT_B = process.env.PUSHI_PORT_B ? Number(process.env.PUSHI_PORT_B) : PORT;
+export const CLUSTER = process.env.PUSHI_CLUSTER === '1';
+// cluster.node_timeout of nodes A and B (they reap a dead node on their heartbeat, every
+// third of it).
+export const NODE_TIMEOUT = Number(process.env.PUSHI_NODE_TIMEOUT || 10);
+// cluster.command_timeout of nodes A and B.
+export const COMMAND_TIMEOUT = Number(process.env.PUSHI_COMMAND_TIMEOUT || 2);
+// Node C: a third node (short cluster.node_timeout) for the crash test, which kills it.
+export const NODE_C_PORT = process.env.PUSHI_NODE_C_PORT ? Number(process.env.PUSHI_NODE_C_PORT) : null;
+export const NODE_C_PID = process.env.PUSHI_NODE_C_PID ? Number(process.env.PUSHI_NODE_C_PID) : null;
+export const NODE_C_TIMEOUT = Number(process.env.PUSHI_NODE_C_NODE_TIMEOUT || 3);
+// The cluster's Redis: its port, its PID (written to PUSHI_REDIS_PIDFILE, also by a
+// restart) and PUSHI_REDIS_START, a script that starts it again the same way on that port.
+export const REDIS_PORT = process.env.PUSHI_REDIS_PORT ? Number(process.env.PUSHI_REDIS_PORT) : null;
+export const REDIS_PID = process.env.PUSHI_REDIS_PID ? Number(process.env.PUSHI_REDIS_PID) : null;
+export const REDIS_PIDFILE = process.env.PUSHI_REDIS_PIDFILE || null;
+export const REDIS_START = process.env.PUSHI_REDIS_START || null;
+
 // PUSHI_FULL=1: the server runs fixtures/compat.toml, so apps 2-5 exist
 // with their documented settings.
 export const FULL = process.env.PUSHI_FULL === '1';
@@ -63,6 +85,10 @@ export const needRegistry = REGISTRY_APP
   ? false
   : 'needs the MongoDB registry app (PUSHI_REGISTRY_APP_*, created by compat-tests/run; not available in --target mode)';
 export const needClientEvents = CLIENT_EVENTS ? false : 'needs client events enabled on the target app (pass --client-events)';
+export const needCluster =
+  CLUSTER && PORT_B !== PORT
+    ? false
+    : 'needs cluster mode (compat-tests/run --cluster: Redis and several pushi nodes; not available in default or --target mode)';
 export const needSubscriptionCount = SUBSCRIPTION_COUNT
   ? false
   : 'needs subscription_count enabled on the target app (pass --subscription-count)';

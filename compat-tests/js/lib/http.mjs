@@ -4,13 +4,14 @@ import crypto from 'node:crypto';
 import PusherServer from 'pusher';
 import { HOST, PORT, ENCRYPTION_MASTER_KEY_BASE64 } from './env.mjs';
 
-export function serverSdk(app) {
+// `port`: the node the SDK talks to (default node A; PORT_B for node B in cluster mode).
+export function serverSdk(app, { port = PORT } = {}) {
   return new PusherServer({
     appId: app.id,
     key: app.key,
     secret: app.secret,
     host: HOST,
-    port: String(PORT),
+    port: String(port),
     useTLS: false,
     timeout: 5000,
     encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64,
@@ -36,7 +37,8 @@ export function canonicalQuery(params) {
  *   app: {id,key,secret}; method; path relative to /apps/{id} (e.g. "/events") or absolute via fullPath;
  *   query: extra (non-auth) query params; body: string or object (JSON-encoded);
  *   overrides: replace/remove ("undefined") auth params after signing or before signing:
- *     timestamp, key (auth_key), signWithSecret, bodyMd5, omit: [names], signature, sendBody (body actually sent).
+ *     timestamp, key (auth_key), signWithSecret, bodyMd5, omit: [names], signature, sendBody (body actually sent);
+ *   port: the node to send it to (default node A).
  */
 export async function signedRequest({
   app,
@@ -53,6 +55,7 @@ export async function signedRequest({
   signature,
   sendBody,
   headers = {},
+  port = PORT,
 }) {
   const reqPath = fullPath ?? `/apps/${app.id}${path}`;
   const bodyStr = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
@@ -71,7 +74,7 @@ export async function signedRequest({
   const qs = Object.entries(params)
     .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
     .join('&');
-  const url = `http://${HOST}:${PORT}${reqPath}?${qs}`;
+  const url = `http://${HOST}:${port}${reqPath}?${qs}`;
   const sent = sendBody !== undefined ? sendBody : bodyStr;
   const res = await fetch(url, {
     method,

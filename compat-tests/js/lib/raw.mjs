@@ -2,7 +2,7 @@
 // wire protocol. Frames are matched by predicate and consumed when matched, so
 // assertions do not depend on unrelated frames arriving in between.
 import WebSocket from 'ws';
-import { HOST, PORT, WAIT_MS, QUIET_MS, sleep } from './env.mjs';
+import { HOST, PORT, PORT_B, WAIT_MS, QUIET_MS, sleep } from './env.mjs';
 import { track } from './cleanup.mjs';
 
 export function wsUrl(key, { protocol = 7, port = PORT, path, query } = {}) {
@@ -60,7 +60,7 @@ export class RawClient {
     });
   }
 
-  // Connects to an app and waits for pusher:connection_established.
+  // Connects to an app and waits for pusher:connection_established (opts.port: the node).
   static async open(app, opts = {}) {
     const c = await RawClient.connect(wsUrl(app.key, opts));
     const f = await c.waitFor((fr) => fr.event === 'pusher:connection_established' || fr.event === 'pusher:error');
@@ -72,6 +72,11 @@ export class RawClient {
     c.activityTimeout = data.activity_timeout;
     c.established = f;
     return c;
+  }
+
+  // open() on node B (node A outside cluster mode).
+  static openB(app, opts = {}) {
+    return RawClient.open(app, { ...opts, port: PORT_B });
   }
 
   _notify() {

@@ -6,19 +6,21 @@ import assert from 'node:assert/strict';
 import { MAIN, uniq, QUIET_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, signedRequest, jsonOf } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
 
 const sdk = serverSdk(MAIN);
 
+// Subscribers are on node B (node A outside cluster mode), the HTTP publishes go to node A.
+
 // Subscribes with every channel event recorded from the start (names in order,
 // subscription counts left out: they are not part of the cache behaviour).
 // With `until`, also waits for that event (the cache_miss or the replay), which follows
 // subscription_succeeded as a separate message, so subscribed() may resolve first.
 async function cacheSubscriber(name, { until } = {}) {
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const channel = client.subscribe(name);
   const seen = [];
   channel.bind_global((event, data) => {
@@ -32,7 +34,7 @@ async function cacheSubscriber(name, { until } = {}) {
 
 test('pusher-js: pusher:cache_miss fires right after subscribing to an empty cache channel', async () => {
   const name = uniq('cache-empty');
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const channel = client.subscribe(name);
   const seen = [];
   channel.bind_global((event) => {
@@ -76,7 +78,7 @@ test('pusher-js: a new subscriber gets the last HTTP-published event instead of 
   assert.deepEqual((await e2).data, { v: 2 });
 
   // The late subscriber: the replay (the last event only) is its positive control.
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const channel = client.subscribe(name);
   const seen = [];
   channel.bind_global((event, data) => {
@@ -100,14 +102,14 @@ test('pusher-js: a new subscriber gets the last HTTP-published event instead of 
 
 test('raw: the replayed event is the same frame a live subscriber received', async () => {
   const ch = uniq('cache-frame');
-  const live = await RawClient.open(MAIN);
+  const live = await RawClient.openB(MAIN);
   await live.subscribe(ch);
   await live.waitEvent('pusher:cache_miss', ch);
   await sdk.trigger(ch, 'snapshot', 'plain text');
   const liveFrame = await live.waitEvent('snapshot', ch);
   assert.deepEqual(liveFrame, { event: 'snapshot', channel: ch, data: 'plain text' });
 
-  const late = await RawClient.open(MAIN);
+  const late = await RawClient.openB(MAIN);
   const before = late.all.length;
   await late.subscribe(ch);
   const replayed = await late.waitEvent('snapshot', ch);
@@ -151,7 +153,7 @@ test('GET /channels/{non-cache}?info=cache gets 400', async () => {
 test('private-cache- channels replay too (pusher-js, authorized by the SDK)', async () => {
   const name = uniq('private-cache');
   await sdk.trigger(name, 'stored', { secret: true });
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const channel = client.subscribe(name);
   const replay = once(channel, 'stored');
   await subscribed(client, name);

@@ -5,12 +5,15 @@ import assert from 'node:assert/strict';
 import { MAIN, SECOND, uniq, needFull, needSubscriptionCount, QUIET_MS, WAIT_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
 
 const sdk = serverSdk(MAIN);
+
+// Where a test publishes (HTTP on node A) and receives, the receiver is on node B (node A
+// outside cluster mode); where two clients interact, one of them is.
 
 // Both error frames a failed subscription produces, with the expected status.
 async function expectSubscriptionError(c, channel, status) {
@@ -48,7 +51,7 @@ test('public subscribe with empty auth (as pusher-js sends it) succeeds', async 
 });
 
 test('HTTP event reaches a public subscriber as {event, channel, data-string}', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const ch = uniq('public');
   await c.subscribe(ch);
   const res = await sdk.trigger(ch, 'my-event', { hello: 'world', n: 1 });
@@ -61,7 +64,7 @@ test('HTTP event reaches a public subscriber as {event, channel, data-string}', 
 });
 
 test('unsubscribe has no reply and stops delivery', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const gone = uniq('public');
   const kept = uniq('public');
   await c.subscribe(gone);
@@ -79,7 +82,7 @@ test('unsubscribe has no reply and stops delivery', async () => {
 });
 
 test('re-subscribing to a subscribed public channel succeeds again, one delivery', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const ch = uniq('public');
   await c.subscribe(ch);
   await c.subscribe(ch);
@@ -89,7 +92,7 @@ test('re-subscribing to a subscribed public channel succeeds again, one delivery
 });
 
 test('re-subscribing to a subscribed private channel succeeds again', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const ch = uniq('private-again');
   await c.subscribe(ch, sdk.authorizeChannel(c.socketId, ch).auth);
   await c.subscribe(ch, sdk.authorizeChannel(c.socketId, ch).auth);
@@ -117,7 +120,7 @@ test('channel names up to 164 characters are accepted, 165 rejected', async () =
 });
 
 test('channel name with every allowed character class is accepted', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const ch = uniq('Chars_-=@,.;09AZ');
   await c.subscribe(ch);
   await sdk.trigger(ch, 'ev', 'ok');
@@ -125,7 +128,7 @@ test('channel name with every allowed character class is accepted', async () => 
 });
 
 test('private subscribe with a valid signature succeeds', async () => {
-  const c = await RawClient.open(MAIN);
+  const c = await RawClient.openB(MAIN);
   const ch = uniq('private-room');
   const { auth } = sdk.authorizeChannel(c.socketId, ch);
   const ok = await c.subscribe(ch, auth);
@@ -146,7 +149,7 @@ const badAuths = [
 
 for (const [what, makeAuth] of badAuths) {
   test(`private subscribe with ${what}: pusher:error + subscription_error 401, socket stays open`, async () => {
-    const c = await RawClient.open(MAIN);
+    const c = await RawClient.openB(MAIN);
     const ch = uniq('private-room');
     c.subscribeFrame(ch, makeAuth(c, ch));
     const data = await expectSubscriptionError(c, ch, 401);
@@ -163,7 +166,7 @@ for (const [what, makeAuth] of badAuths) {
 }
 
 test('pusher-js: public channel receives SDK events as parsed objects', async () => {
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const name = uniq('public');
   const { channel } = await subscribed(client, name);
   const got = once(channel, 'greeting');
@@ -173,7 +176,7 @@ test('pusher-js: public channel receives SDK events as parsed objects', async ()
 });
 
 test('pusher-js: private channel with authorizeChannel receives events', async () => {
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const name = uniq('private-pjs');
   const { channel } = await subscribed(client, name);
   const got = once(channel, 'private-greeting');
@@ -182,7 +185,7 @@ test('pusher-js: private channel with authorizeChannel receives events', async (
 });
 
 test('pusher-js: bad private auth surfaces subscription_error 401 and the connection stays up', async () => {
-  const client = await connectClient(MAIN, {
+  const client = await connectClientB(MAIN, {
     authorize: () => ({ auth: `${MAIN.key}:${'f'.repeat(64)}` }),
   });
   const errors = [];
@@ -212,7 +215,7 @@ test(
     const { channel } = await subscribed(first, name);
     const counts = [];
     channel.bind('pusher:subscription_count', (d) => counts.push(d.subscription_count));
-    const second = await connectClient(MAIN);
+    const second = await connectClientB(MAIN);
     await subscribed(second, name);
     const deadline = Date.now() + 5000;
     while (!counts.includes(2) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -253,7 +256,7 @@ for (const prefix of ['counted', 'private-counted']) {
       await one;
 
       const two = countReaches(channel, 2);
-      const second = await connectClient(MAIN);
+      const second = await connectClientB(MAIN);
       await subscribed(second, name);
       await two;
       const backToOne = countReaches(channel, 1);
@@ -261,7 +264,7 @@ for (const prefix of ['counted', 'private-counted']) {
       await backToOne;
 
       const twoAgain = countReaches(channel, 2);
-      const third = await connectClient(MAIN);
+      const third = await connectClientB(MAIN);
       await subscribed(third, name);
       await twoAgain;
       const oneAgain = countReaches(channel, 1);
@@ -281,7 +284,7 @@ test('subscription_count: never sent on presence channels (pusher-js)', { skip: 
   const counts = [];
   channel.bind('pusher:subscription_count', (d) => counts.push(d));
   const added = once(channel, 'pusher:member_added');
-  const b = await connectClient(MAIN, { presence: { user_id: 'b' } });
+  const b = await connectClientB(MAIN, { presence: { user_id: 'b' } });
   await subscribed(b, name);
   await added;
   // Control: an HTTP event sent after the join arrives; no count came before it.
@@ -297,7 +300,7 @@ test(
   { skip: needFull('fixture app 2 (subscription_count off)') },
   async () => {
     const ch = uniq('uncounted');
-    const a = await RawClient.open(SECOND);
+    const a = await RawClient.openB(SECOND);
     const b = await RawClient.open(SECOND);
     await a.subscribe(ch);
     await b.subscribe(ch);

@@ -1,10 +1,10 @@
 // Client events (client-*): delivery, every rejection rule, rate limit.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, QUIET, uniq, needFull, needClientEvents, sleep } from '../lib/env.mjs';
+import { MAIN, QUIET, PORT_B, uniq, needFull, needClientEvents, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, hmac } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
@@ -12,18 +12,19 @@ afterEach(closeAll);
 const sdk = serverSdk(MAIN);
 const skip = needClientEvents;
 
+// a (the sender) on node A, b (the receiver) on node B (node A outside cluster mode).
 async function privatePair(prefix = 'private-chat', app = MAIN) {
   const ch = uniq(prefix);
   const appSdk = app === MAIN ? sdk : serverSdk(app);
   const a = await RawClient.open(app);
-  const b = await RawClient.open(app);
+  const b = await RawClient.openB(app);
   await a.subscribe(ch, appSdk.authorizeChannel(a.socketId, ch).auth);
   await b.subscribe(ch, appSdk.authorizeChannel(b.socketId, ch).auth);
   return { ch, a, b };
 }
 
-async function presenceMember(ch, userId) {
-  const c = await RawClient.open(MAIN);
+async function presenceMember(ch, userId, opts = {}) {
+  const c = await RawClient.open(MAIN, opts);
   const channelData = JSON.stringify({ user_id: userId, user_info: { n: userId } });
   await c.subscribe(ch, `${MAIN.key}:${hmac(MAIN.secret, `${c.socketId}:${ch}:${channelData}`)}`, channelData);
   return c;
@@ -64,6 +65,7 @@ test('private channel: string data stays a string', { skip }, async () => {
 
 test('client event reaches every other subscriber', { skip }, async () => {
   const { ch, a, b } = await privatePair();
+  // b is on node B, c on the sender's node.
   const c = await RawClient.open(MAIN);
   await c.subscribe(ch, sdk.authorizeChannel(c.socketId, ch).auth);
   a.send({ event: 'client-all', channel: ch, data: { n: 1 } });
@@ -74,7 +76,7 @@ test('client event reaches every other subscriber', { skip }, async () => {
 test('presence channel: delivered frame carries the sender user_id', { skip }, async () => {
   const ch = uniq('presence-chat');
   const a = await presenceMember(ch, 'alice');
-  const b = await presenceMember(ch, 'bob');
+  const b = await presenceMember(ch, 'bob', { port: PORT_B });
   a.send({ event: 'client-hello', channel: ch, data: { hi: true } });
   const f = await b.waitEvent('client-hello', ch);
   assert.deepEqual(f, { event: 'client-hello', channel: ch, data: { hi: true }, user_id: 'alice' });
@@ -85,7 +87,7 @@ test('presence channel: delivered frame carries the sender user_id', { skip }, a
 test('public channel: client event rejected', { skip }, async () => {
   const ch = uniq('public-chat');
   const a = await RawClient.open(MAIN);
-  const b = await RawClient.open(MAIN);
+  const b = await RawClient.openB(MAIN);
   await a.subscribe(ch);
   await b.subscribe(ch);
   a.send({ event: 'client-nope', channel: ch, data: {} });
@@ -163,7 +165,7 @@ test('rate limit: more than 10 per second gets 4301 and is dropped, socket stays
 test('pusher-js: trigger on a private channel reaches another pusher-js client', { skip }, async () => {
   const name = uniq('private-pjs-chat');
   const a = await connectClient(MAIN);
-  const b = await connectClient(MAIN);
+  const b = await connectClientB(MAIN);
   const { channel: chA } = await subscribed(a, name);
   const { channel: chB } = await subscribed(b, name);
   const got = once(chB, 'client-note');
@@ -174,7 +176,7 @@ test('pusher-js: trigger on a private channel reaches another pusher-js client',
 test('pusher-js: presence client event exposes metadata.user_id', { skip }, async () => {
   const name = uniq('presence-pjs-chat');
   const a = await connectClient(MAIN, { presence: { user_id: 'anna', user_info: {} } });
-  const b = await connectClient(MAIN, { presence: { user_id: 'ben', user_info: {} } });
+  const b = await connectClientB(MAIN, { presence: { user_id: 'ben', user_info: {} } });
   const { channel: chA } = await subscribed(a, name);
   const { channel: chB } = await subscribed(b, name);
   const got = once(chB, 'client-wave');

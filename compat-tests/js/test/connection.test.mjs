@@ -88,8 +88,9 @@ test(
   'connection quota: third connection to app 4 is refused with 4004, a slot frees on close',
   { skip: needFull('the limited fixture app 4 (max_connections=2)') },
   async () => {
+    // In cluster mode b is on node B: the quota counts the whole cluster's connections.
     const a = await RawClient.open(LIMITED);
-    const b = await RawClient.open(LIMITED);
+    const b = await RawClient.openB(LIMITED);
     await assertRefused(wsUrl(LIMITED.key), 4004);
     // The first two stay usable.
     await a.ping();

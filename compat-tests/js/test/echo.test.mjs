@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import Echo from 'laravel-echo';
 import Pusher from 'pusher-js';
-import { MAIN, uniq, needClientEvents, WAIT_MS } from '../lib/env.mjs';
+import { MAIN, PORT, PORT_B, uniq, needClientEvents, WAIT_MS } from '../lib/env.mjs';
 import { serverSdk } from '../lib/http.mjs';
 import { waitConnected, pusherOptions } from '../lib/client.mjs';
 import { track, closeAll } from '../lib/cleanup.mjs';
@@ -50,12 +50,13 @@ before(async () => {
 
 after(() => authServer.close());
 
-async function echoFor(userId) {
+// `port`: the node (PORT_B: node B in cluster mode, where a test's receivers are).
+async function echoFor(userId, { port = PORT } = {}) {
   const echo = new Echo({
     broadcaster: 'pusher',
     Pusher,
     key: MAIN.key,
-    ...pusherOptions(MAIN),
+    ...pusherOptions(MAIN, {}, port),
     authEndpoint: authUrl,
     auth: { headers: { 'X-User': String(userId) } },
   });
@@ -99,7 +100,7 @@ function subscribedP(channel, what) {
 }
 
 test('Echo.channel().listen() receives a namespaced Laravel event', async () => {
-  const echo = await echoFor(1);
+  const echo = await echoFor(1, { port: PORT_B });
   const name = uniq('orders');
   const d = deferred(WAIT_MS, 'OrderShipped');
   const channel = echo.channel(name).listen('OrderShipped', d.fn);
@@ -109,7 +110,7 @@ test('Echo.channel().listen() receives a namespaced Laravel event', async () => 
 });
 
 test('Echo listen() with a leading dot uses the raw event name', async () => {
-  const echo = await echoFor(1);
+  const echo = await echoFor(1, { port: PORT_B });
   const name = uniq('raw');
   const d = deferred(WAIT_MS, '.status-updated');
   const channel = echo.channel(name).listen('.status-updated', d.fn);
@@ -119,7 +120,7 @@ test('Echo listen() with a leading dot uses the raw event name', async () => {
 });
 
 test('Echo.private() authorizes through the auth endpoint and receives events', async () => {
-  const echo = await echoFor(1);
+  const echo = await echoFor(1, { port: PORT_B });
   const base = uniq('user');
   const d = deferred(WAIT_MS, 'private event');
   const channel = echo.private(base).listen('.notify', d.fn);
@@ -147,7 +148,7 @@ test('Echo.join(): here, joining and leaving', async () => {
   taylor.join(base).here(here1.fn).joining(joining.fn).leaving(leaving.fn);
   assert.deepEqual(await here1.promise, [USERS[1]]);
 
-  const jess = await echoFor(2);
+  const jess = await echoFor(2, { port: PORT_B });
   const here2 = deferred(WAIT_MS, 'here (jess)');
   jess.join(base).here(here2.fn);
   const members = await here2.promise;
@@ -164,7 +165,7 @@ test('Echo.join(): here, joining and leaving', async () => {
 test('Echo whisper / listenForWhisper on a private channel', { skip: needClientEvents }, async () => {
   const base = uniq('chat');
   const a = await echoFor(1);
-  const b = await echoFor(2);
+  const b = await echoFor(2, { port: PORT_B });
   const heard = deferred(WAIT_MS, 'whisper', a, b);
   const echoed = [];
   const chA = a.private(base).listenForWhisper('typing', (e) => echoed.push(e));
@@ -184,7 +185,7 @@ test('Echo whisper / listenForWhisper on a private channel', { skip: needClientE
 test('Echo whisper on a presence channel', { skip: needClientEvents }, async () => {
   const base = uniq('party');
   const a = await echoFor(1);
-  const b = await echoFor(2);
+  const b = await echoFor(2, { port: PORT_B });
   const hereA = deferred(WAIT_MS, 'here a');
   const hereB = deferred(WAIT_MS, 'here b');
   const chA = a.join(base).here(hereA.fn);
@@ -198,8 +199,9 @@ test('Echo whisper on a presence channel', { skip: needClientEvents }, async () 
 
 test('broadcast toOthers: the X-Socket-ID connection is excluded', async () => {
   const name = uniq('others');
-  const me = await echoFor(1);
-  const other = await echoFor(2);
+  // Both on node B: the exclusion is applied where the excluded socket is.
+  const me = await echoFor(1, { port: PORT_B });
+  const other = await echoFor(2, { port: PORT_B });
   const mine = [];
   const theirs = deferred(WAIT_MS, 'event on the other client', me, other);
   const chMe = me.channel(name).listen('.update', (e) => mine.push(e));
@@ -217,7 +219,7 @@ test('broadcast toOthers: the X-Socket-ID connection is excluded', async () => {
 
 test('Echo.leaveChannel() stops delivery', async () => {
   const name = uniq('leave');
-  const echo = await echoFor(1);
+  const echo = await echoFor(1, { port: PORT_B });
   const got = [];
   const ch = echo.channel(name).listen('.tick', (e) => got.push(e));
   await subscribedP(ch, name);

@@ -5,15 +5,17 @@ import assert from 'node:assert/strict';
 import { MAIN, uniq } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
 
 const sdk = serverSdk(MAIN);
 
+// The SDK publishes on node A; the receivers are on node B (node A outside cluster mode).
+
 test('pusher-js decrypts an event the server SDK encrypted', async () => {
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const name = uniq('private-encrypted-vault');
   const { channel } = await subscribed(client, name);
   const got = once(channel, 'secret');
@@ -24,7 +26,7 @@ test('pusher-js decrypts an event the server SDK encrypted', async () => {
 
 test('the server forwards only the ciphertext envelope', async () => {
   const name = uniq('private-encrypted-vault');
-  const raw = await RawClient.open(MAIN);
+  const raw = await RawClient.openB(MAIN);
   // The wire subscription is an ordinary private-channel auth (no shared secret sent).
   await raw.subscribe(name, sdk.authorizeChannel(raw.socketId, name).auth);
   await sdk.trigger(name, 'secret', { message: 'plaintext-marker' });
@@ -39,7 +41,7 @@ test('the server forwards only the ciphertext envelope', async () => {
 });
 
 test('batch event on an encrypted channel is decrypted by pusher-js', async () => {
-  const client = await connectClient(MAIN);
+  const client = await connectClientB(MAIN);
   const enc = uniq('private-encrypted-batch');
   const pub = uniq('public-batch');
   const { channel: encCh } = await subscribed(client, enc);

@@ -7,7 +7,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { MAIN, uniq, needFull, needClientEvents, QUIET_MS, sleep } from '../lib/env.mjs';
 import { serverSdk, jsonOf } from '../lib/http.mjs';
-import { connectClient, subscribed, once, collect } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once, collect } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
@@ -27,8 +27,10 @@ async function storedEvents(user, params = {}) {
 }
 
 // A pusher-js client whose auth endpoint signs `{"since": cursor}` for the personal channel.
+// It receives what the SDK publishes on node A, so it is on node B (node A outside cluster
+// mode).
 function personalClient(since) {
-  return connectClient(MAIN, {
+  return connectClientB(MAIN, {
     authorize: ({ socketId, channelName, sdk: s }) =>
       s.authorizeChannel(socketId, channelName, since === undefined ? undefined : { since }),
   });
@@ -118,7 +120,8 @@ test('peer channels: two peer members are paired, exchange client events, a thir
   const base = uniq('room');
   const presence = `presence-${base}`;
   const alice = await connectClient(MAIN, { presence: peerMember('alice') });
-  const bob = await connectClient(MAIN, { presence: peerMember('bob') });
+  // bob is on node B (node A outside cluster mode): the pair spans both nodes.
+  const bob = await connectClientB(MAIN, { presence: peerMember('bob') });
   // Bound before subscribing: the announcement follows subscription_succeeded at once.
   const aliceHears = once(alice.subscribe(presence), 'pushi:peer_added');
   const { channel: pa } = await subscribed(alice, presence);

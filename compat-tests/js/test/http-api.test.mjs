@@ -1,10 +1,10 @@
 // Every HTTP API endpoint, its response shapes and its limits.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, DISABLED, HOST, PORT, FULL, uniq, needFull, needSubscriptionCount, WAIT_MS, sleep } from '../lib/env.mjs';
+import { MAIN, DISABLED, HOST, PORT, PORT_B, FULL, uniq, needFull, needSubscriptionCount, WAIT_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, signedRequest, sdkError, jsonOf, hmac } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
@@ -20,14 +20,20 @@ const postEvents = (body, extra = {}) => signedRequest({ app: MAIN, method: 'POS
 const postBatch = (batch) => signedRequest({ app: MAIN, method: 'POST', path: '/batch_events', body: { batch } });
 const get = (path, query = {}) => signedRequest({ app: MAIN, method: 'GET', path, query });
 
-async function subscriber(ch) {
-  const c = await RawClient.open(MAIN);
+// The API requests go to node A. A subscriber that receives what they publish is on node B
+// (`B`; node A outside cluster mode), and where several clients make up a count or a list,
+// some are on each node.
+const B = { port: PORT_B };
+const subscriberB = (ch) => subscriber(ch, B);
+
+async function subscriber(ch, opts = {}) {
+  const c = await RawClient.open(MAIN, opts);
   await c.subscribe(ch);
   return c;
 }
 
-async function presenceMember(ch, userId) {
-  const c = await RawClient.open(MAIN);
+async function presenceMember(ch, userId, opts = {}) {
+  const c = await RawClient.open(MAIN, opts);
   const channelData = JSON.stringify({ user_id: userId });
   await c.subscribe(ch, `${MAIN.key}:${hmac(MAIN.secret, `${c.socketId}:${ch}:${channelData}`)}`, channelData);
   return c;
@@ -45,7 +51,7 @@ test('POST /events answers 200 with {} and a JSON content type', async () => {
 
 test('POST /events with a single "channel" field delivers', async () => {
   const ch = uniq('api');
-  const c = await subscriber(ch);
+  const c = await subscriberB(ch);
   const res = await postEvents({ name: 'single', channel: ch, data: 'd' });
   assert.equal(res.status, 200);
   assert.deepEqual(res.json, {});
@@ -54,13 +60,13 @@ test('POST /events with a single "channel" field delivers', async () => {
 
 test('POST /events to several channels delivers to each once', async () => {
   const chans = [uniq('api'), uniq('api'), uniq('api')];
-  const subs = await Promise.all(chans.map(subscriber));
+  const subs = await Promise.all(chans.map((ch) => subscriberB(ch)));
   await sdk.trigger(chans, 'multi', 'm');
   for (let i = 0; i < chans.length; i++) {
     assert.deepEqual(await subs[i].waitEvent('multi', chans[i]), { event: 'multi', channel: chans[i], data: 'm' });
   }
   // A socket on two of the channels gets one frame per channel.
-  const both = await RawClient.open(MAIN);
+  const both = await RawClient.openB(MAIN);
   await both.subscribe(chans[0]);
   await both.subscribe(chans[1]);
   await sdk.trigger(chans, 'multi2', 'm');
@@ -73,7 +79,7 @@ test('POST /events to several channels delivers to each once', async () => {
 test('POST /events accepts 100 channels and refuses 101 with 400', async () => {
   const base = uniq('hundred');
   const chans = Array.from({ length: 100 }, (_, i) => `${base}-${i}`);
-  const c = await subscriber(chans[99]);
+  const c = await subscriberB(chans[99]);
   const ok = await postEvents({ name: 'wide', channels: chans, data: 'x' });
   assert.equal(ok.status, 200, ok.text);
   await c.waitEvent('wide', chans[99]);
@@ -84,7 +90,7 @@ test('POST /events accepts 100 channels and refuses 101 with 400', async () => {
 
 test('POST /events accepts data of exactly 10 KB and refuses 10 KB + 1 with 413', async () => {
   const ch = uniq('size');
-  const c = await subscriber(ch);
+  const c = await subscriberB(ch);
   const exact = 'x'.repeat(10 * 1024);
   const ok = await postEvents({ name: 'exact', channel: ch, data: exact });
   assert.equal(ok.status, 200, ok.text);
@@ -119,8 +125,8 @@ for (const [what, body] of badEventBodies) {
 
 test('socket_id excludes exactly that connection', async () => {
   const ch = uniq('exclude');
-  const a = await subscriber(ch);
-  const b = await subscriber(ch);
+  const a = await subscriberB(ch);
+  const b = await subscriberB(ch);
   const res = await sdk.trigger(ch, 'not-for-a', 'x', { socket_id: a.socketId });
   assert.equal(res.status, 200);
   await b.waitEvent('not-for-a', ch);
@@ -130,8 +136,8 @@ test('socket_id excludes exactly that connection', async () => {
 
 test('socket_id exclusion works for a pusher-js client', async () => {
   const name = uniq('exclude-pjs');
-  const me = await connectClient(MAIN);
-  const other = await connectClient(MAIN);
+  const me = await connectClientB(MAIN);
+  const other = await connectClientB(MAIN);
   const { channel: mine } = await subscribed(me, name);
   const { channel: theirs } = await subscribed(other, name);
   const received = [];
@@ -149,7 +155,7 @@ test('socket_id exclusion works for a pusher-js client', async () => {
 test('POST /events info=subscription_count reports the count', { skip: needSubscriptionCount }, async () => {
   const ch = uniq('count');
   await subscriber(ch);
-  await subscriber(ch);
+  await subscriberB(ch);
   const res = await sdk.trigger(ch, 'ev', 'x', { info: 'subscription_count' });
   assert.deepEqual(await jsonOf(res), { channels: { [ch]: { subscription_count: 2 } } });
 });
@@ -158,7 +164,7 @@ test('POST /events info=user_count on a presence channel reports users', async (
   const ch = uniq('presence-count');
   await presenceMember(ch, 'u1');
   await presenceMember(ch, 'u2');
-  await presenceMember(ch, 'u2'); // same user, second connection
+  await presenceMember(ch, 'u2', B); // same user, second connection (on node B)
   const res = await sdk.trigger(ch, 'ev', 'x', { info: 'user_count' });
   assert.deepEqual(await jsonOf(res), { channels: { [ch]: { user_count: 2 } } });
 });
@@ -173,8 +179,8 @@ test('POST /events info=user_count on a non-presence channel gets 400', async ()
 test('POST /batch_events delivers every item and answers {}', async () => {
   const ch1 = uniq('batch');
   const ch2 = uniq('batch');
-  const a = await subscriber(ch1);
-  const b = await subscriber(ch2);
+  const a = await subscriberB(ch1);
+  const b = await subscriberB(ch2);
   const res = await sdk.triggerBatch([
     { channel: ch1, name: 'one', data: { n: 1 } },
     { channel: ch2, name: 'two', data: 'plain' },
@@ -190,7 +196,7 @@ test('POST /batch_events delivers every item and answers {}', async () => {
 
 test('POST /batch_events accepts 10 items and refuses 11 with 400', async () => {
   const ch = uniq('batch10');
-  const c = await subscriber(ch);
+  const c = await subscriberB(ch);
   const items = (n, tag) => Array.from({ length: n }, (_, i) => ({ channel: ch, name: `${tag}-${i}`, data: String(i) }));
   const ok = await postBatch(items(10, 'ok'));
   assert.equal(ok.status, 200, ok.text);
@@ -202,7 +208,7 @@ test('POST /batch_events accepts 10 items and refuses 11 with 400', async () => 
 
 test('POST /batch_events with an oversize item gets 413 and delivers nothing', async () => {
   const ch = uniq('batch-big');
-  const c = await subscriber(ch);
+  const c = await subscriberB(ch);
   const res = await postBatch([
     { channel: ch, name: 'small', data: 'x' },
     { channel: ch, name: 'huge', data: 'y'.repeat(10 * 1024 + 1) },
@@ -214,7 +220,7 @@ test('POST /batch_events with an oversize item gets 413 and delivers nothing', a
 test('POST /batch_events with info answers an index-aligned batch array', async () => {
   const pres = uniq('presence-binfo');
   const pub = uniq('binfo');
-  await presenceMember(pres, 'p1');
+  await presenceMember(pres, 'p1', B);
   await subscriber(pub);
   const withCount = [
     { channel: pres, name: 'a', data: 'x', info: 'user_count' },
@@ -228,7 +234,7 @@ test('POST /batch_events with info answers an index-aligned batch array', async 
 test('POST /batch_events info=subscription_count per item', { skip: needSubscriptionCount }, async () => {
   const pub = uniq('binfo');
   await subscriber(pub);
-  await subscriber(pub);
+  await subscriberB(pub);
   const res = await postBatch([
     { channel: uniq('binfo-empty'), name: 'a', data: 'x' },
     { channel: pub, name: 'b', data: 'x', info: 'subscription_count' },
@@ -251,8 +257,8 @@ test('GET /channels lists occupied channels only, filtered by prefix', async () 
   const b = `${prefix}-b`;
   const gone = `${prefix}-gone`;
   await subscriber(a);
-  await subscriber(b);
-  const leaver = await subscriber(gone);
+  await subscriberB(b);
+  const leaver = await subscriberB(gone);
   leaver.unsubscribe(gone);
   await leaver.ping();
   const res = await sdk.get({ path: '/channels', params: { filter_by_prefix: prefix } });
@@ -265,8 +271,8 @@ test('GET /channels?filter_by_prefix=presence-…&info=user_count', async () => 
   const p1 = `${prefix}-1`;
   const p2 = `${prefix}-2`;
   await presenceMember(p1, 'x');
-  await presenceMember(p1, 'y');
-  await presenceMember(p2, 'z');
+  await presenceMember(p1, 'y', B);
+  await presenceMember(p2, 'z', B);
   const res = await sdk.get({ path: '/channels', params: { filter_by_prefix: prefix, info: 'user_count' } });
   assert.deepEqual(await jsonOf(res), { channels: { [p1]: { user_count: 2 }, [p2]: { user_count: 1 } } });
 });
@@ -293,8 +299,8 @@ test('GET /channels/{name} for an occupied channel', async () => {
 test('GET /channels/{name}?info=subscription_count', { skip: needSubscriptionCount }, async () => {
   const ch = uniq('occ');
   await subscriber(ch);
-  await subscriber(ch);
-  const third = await subscriber(ch);
+  await subscriberB(ch);
+  const third = await subscriberB(ch);
   const res = await sdk.get({ path: `/channels/${ch}`, params: { info: 'subscription_count' } });
   assert.deepEqual(await jsonOf(res), { occupied: true, subscription_count: 3 });
   // Leaving is reflected (the server learns of the close asynchronously).
@@ -313,7 +319,7 @@ test('GET /channels/{name}?info=subscription_count', { skip: needSubscriptionCou
 test('GET /channels/{presence}?info=user_count', async () => {
   const ch = uniq('presence-info');
   await presenceMember(ch, 'one');
-  await presenceMember(ch, 'two');
+  await presenceMember(ch, 'two', B);
   const res = await sdk.get({ path: `/channels/${ch}`, params: { info: 'user_count' } });
   assert.deepEqual(await jsonOf(res), { occupied: true, user_count: 2 });
 });
@@ -330,7 +336,7 @@ test('GET /channels/{name} with an invalid channel name gets 400', async () => {
 
 test('channel becomes unoccupied after its last subscriber disconnects', async () => {
   const ch = uniq('vacate');
-  const c = await subscriber(ch);
+  const c = await subscriberB(ch);
   assert.deepEqual(await jsonOf(await sdk.get({ path: `/channels/${ch}` })), { occupied: true });
   c.close();
   await c.waitClose();
@@ -350,7 +356,7 @@ test('GET /channels/{presence}/users lists distinct user ids', async () => {
   const ch = uniq('presence-users');
   await presenceMember(ch, 'u-1');
   await presenceMember(ch, 'u-2');
-  await presenceMember(ch, 'u-2');
+  await presenceMember(ch, 'u-2', B);
   const body = await jsonOf(await sdk.get({ path: `/channels/${ch}/users` }));
   assert.deepEqual(Object.keys(body), ['users']);
   assert.deepEqual(

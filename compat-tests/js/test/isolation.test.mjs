@@ -1,7 +1,7 @@
 // Multi-app isolation: apps on one server share nothing, even channel names.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, SECOND, uniq, needFull } from '../lib/env.mjs';
+import { MAIN, SECOND, PORT_B, uniq, needFull } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, jsonOf, hmac } from '../lib/http.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
@@ -12,8 +12,11 @@ const skip = needFull('fixture app 2');
 const sdk1 = serverSdk(MAIN);
 const sdk2 = serverSdk(SECOND);
 
-async function member(app, ch, userId) {
-  const c = await RawClient.open(app);
+// The HTTP requests go to node A; the receiving sockets are on node B (node A outside
+// cluster mode), where the apps must stay as separate as on one node.
+
+async function member(app, ch, userId, opts = {}) {
+  const c = await RawClient.open(app, opts);
   const channelData = JSON.stringify({ user_id: userId });
   await c.subscribe(ch, `${app.key}:${hmac(app.secret, `${c.socketId}:${ch}:${channelData}`)}`, channelData);
   return c;
@@ -21,8 +24,8 @@ async function member(app, ch, userId) {
 
 test('app 1 events never reach app 2 sockets on the same channel name', { skip }, async () => {
   const ch = uniq('shared');
-  const one = await RawClient.open(MAIN);
-  const two = await RawClient.open(SECOND);
+  const one = await RawClient.openB(MAIN);
+  const two = await RawClient.openB(SECOND);
   await one.subscribe(ch);
   await two.subscribe(ch);
   await sdk1.trigger(ch, 'from-app-1', 'one');
@@ -36,7 +39,7 @@ test('app 1 events never reach app 2 sockets on the same channel name', { skip }
 
 test('channel listings are per app', { skip }, async () => {
   const prefix = uniq('iso-list');
-  const one = await RawClient.open(MAIN);
+  const one = await RawClient.openB(MAIN);
   await one.subscribe(`${prefix}-only-on-1`);
   const l1 = await jsonOf(await sdk1.get({ path: '/channels', params: { filter_by_prefix: prefix } }));
   const l2 = await jsonOf(await sdk2.get({ path: '/channels', params: { filter_by_prefix: prefix } }));
@@ -48,7 +51,7 @@ test('channel listings are per app', { skip }, async () => {
 
 test('presence members are per app', { skip }, async () => {
   const ch = uniq('presence-iso');
-  const a1 = await member(MAIN, ch, 'alice');
+  const a1 = await member(MAIN, ch, 'alice', { port: PORT_B });
   const b2 = await member(SECOND, ch, 'bob');
   const u1 = await jsonOf(await sdk1.get({ path: `/channels/${ch}/users` }));
   const u2 = await jsonOf(await sdk2.get({ path: `/channels/${ch}/users` }));
@@ -79,8 +82,8 @@ test('a private-channel signature from app 1 is refused on app 2', { skip }, asy
 test('client events stay within their app', { skip }, async () => {
   const ch = uniq('private-iso-chat');
   const a = await RawClient.open(MAIN);
-  const b = await RawClient.open(MAIN);
-  const x = await RawClient.open(SECOND);
+  const b = await RawClient.openB(MAIN);
+  const x = await RawClient.openB(SECOND);
   await a.subscribe(ch, sdk1.authorizeChannel(a.socketId, ch).auth);
   await b.subscribe(ch, sdk1.authorizeChannel(b.socketId, ch).auth);
   await x.subscribe(ch, sdk2.authorizeChannel(x.socketId, ch).auth);
@@ -91,7 +94,7 @@ test('client events stay within their app', { skip }, async () => {
 
 test('an app 2 socket_id does not exclude an app 1 socket', { skip }, async () => {
   const ch = uniq('iso-exclude');
-  const one = await RawClient.open(MAIN);
+  const one = await RawClient.openB(MAIN);
   const two = await RawClient.open(SECOND);
   await one.subscribe(ch);
   // Socket ids are unique server-wide, so excluding the app 2 socket changes nothing on app 1.

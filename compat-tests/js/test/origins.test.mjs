@@ -6,7 +6,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import Pusher from 'pusher-js';
 import { ORIGIN_APP, needFull, uniq, WAIT_MS, sleep } from '../lib/env.mjs';
-import { makeClient, waitConnected, subscribed, once } from '../lib/client.mjs';
+import { makeClient, makeClientB, waitConnected, subscribed, once } from '../lib/client.mjs';
 import { serverSdk } from '../lib/http.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
@@ -24,7 +24,8 @@ function withOrigin(origin) {
 test('an allowed origin connects, subscribes and receives events', { skip }, async () => {
   for (const origin of ['https://good.example', 'https://app.example.org']) {
     withOrigin(origin);
-    const client = await waitConnected(makeClient(ORIGIN_APP));
+    // On node B (node A outside cluster mode): the SDK publishes on node A.
+    const client = await waitConnected(makeClientB(ORIGIN_APP));
     const name = uniq('origins-');
     const { channel } = await subscribed(client, name);
     const got = once(channel, 'hello');

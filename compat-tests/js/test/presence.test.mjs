@@ -2,10 +2,10 @@
 // connection), validation of channel_data, the users endpoint.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, uniq } from '../lib/env.mjs';
+import { MAIN, PORT_B, uniq } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, jsonOf, hmac } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
@@ -17,8 +17,12 @@ function presenceAuth(socketId, channel, channelData) {
   return `${MAIN.key}:${hmac(MAIN.secret, `${socketId}:${channel}:${channelData}`)}`;
 }
 
-async function join(channel, member) {
-  const c = await RawClient.open(MAIN);
+// Where members see each other, or a member receives an HTTP publish (sent to node A), one
+// of them is on node B (`B`; node A outside cluster mode).
+const B = { port: PORT_B };
+
+async function join(channel, member, opts = {}) {
+  const c = await RawClient.open(MAIN, opts);
   const channelData = typeof member === 'string' ? member : JSON.stringify(member);
   const ok = await c.subscribe(channel, presenceAuth(c.socketId, channel, channelData), channelData);
   return { c, ok, presence: JSON.parse(ok.data).presence };
@@ -45,7 +49,7 @@ test('first member: subscription_succeeded carries ids, hash and count', async (
 test('member_added to others only, member_removed when the member leaves', async () => {
   const ch = uniq('presence-room');
   const a = await join(ch, { user_id: 'alice', user_info: { name: 'Alice' } });
-  const b = await join(ch, { user_id: 'bob', user_info: { name: 'Bob', age: 30 } });
+  const b = await join(ch, { user_id: 'bob', user_info: { name: 'Bob', age: 30 } }, B);
   assert.equal(b.presence.count, 2);
   assert.deepEqual([...b.presence.ids].sort(), ['alice', 'bob']);
   assert.deepEqual(b.presence.hash, { alice: { name: 'Alice' }, bob: { name: 'Bob', age: 30 } });
@@ -72,7 +76,7 @@ test('member_added to others only, member_removed when the member leaves', async
 test('unsubscribe from presence triggers member_removed', async () => {
   const ch = uniq('presence-room');
   const a = await join(ch, { user_id: 'alice', user_info: {} });
-  const b = await join(ch, { user_id: 'bob', user_info: {} });
+  const b = await join(ch, { user_id: 'bob', user_info: {} }, B);
   await a.c.waitEvent('pusher_internal:member_added', ch);
   b.c.unsubscribe(ch);
   const removed = await a.c.waitEvent('pusher_internal:member_removed', ch);
@@ -83,10 +87,11 @@ test('unsubscribe from presence triggers member_removed', async () => {
 
 test('two tabs of one user count as one member: one added, one removed', async () => {
   const ch = uniq('presence-room');
-  const a = await join(ch, { user_id: 'alice', user_info: { tab: 0 } });
+  // alice (who gets the HTTP controls) and bob's second tab on node B, his first on node A.
+  const a = await join(ch, { user_id: 'alice', user_info: { tab: 0 } }, B);
   const tab1 = await join(ch, { user_id: 'bob', user_info: { tab: 1 } });
   await a.c.waitEvent('pusher_internal:member_added', ch);
-  const tab2 = await join(ch, { user_id: 'bob', user_info: { tab: 1 } });
+  const tab2 = await join(ch, { user_id: 'bob', user_info: { tab: 1 } }, B);
   assert.equal(tab2.presence.count, 2);
   assert.deepEqual([...tab2.presence.ids].sort(), ['alice', 'bob']);
 
@@ -122,7 +127,7 @@ test('numeric user_id is stringified everywhere', async () => {
   const ch = uniq('presence-num');
   const a = await join(ch, { user_id: 10, user_info: { name: 'Mr. Pusher' } });
   assert.deepEqual(a.presence, { ids: ['10'], hash: { 10: { name: 'Mr. Pusher' } }, count: 1 });
-  const b = await join(ch, { user_id: 11 });
+  const b = await join(ch, { user_id: 11 }, B);
   const added = await a.c.waitEvent('pusher_internal:member_added', ch);
   const data = JSON.parse(added.data);
   assert.equal(data.user_id, '11');
@@ -187,7 +192,7 @@ test('user_info over 1 KB is rejected with 400', async () => {
 
 test('subscribing twice to the same presence channel on one socket is an error', async () => {
   const ch = uniq('presence-twice');
-  const a = await join(ch, { user_id: 'alice' });
+  const a = await join(ch, { user_id: 'alice' }, B);
   const channelData = JSON.stringify({ user_id: 'alice' });
   a.c.subscribeFrame(ch, presenceAuth(a.c.socketId, ch, channelData), channelData);
   const err = await a.c.waitEvent('pusher:error');
@@ -202,7 +207,8 @@ test('subscribing twice to the same presence channel on one socket is an error',
 test('presence channel is full at 100 members: the 101st is rejected with 400', async () => {
   const ch = uniq('presence-full');
   const members = [];
-  for (let i = 0; i < 100; i++) members.push(join(ch, { user_id: `u${i}` }));
+  // Every other member on node B: the limit counts the whole cluster's members.
+  for (let i = 0; i < 100; i++) members.push(join(ch, { user_id: `u${i}` }, i % 2 ? B : {}));
   const joined = await Promise.all(members);
   assert.equal(joined.length, 100);
   const c = await RawClient.open(MAIN);
@@ -211,7 +217,7 @@ test('presence channel is full at 100 members: the 101st is rejected with 400', 
   await c.waitEvent('pusher:error');
   const sub = await c.waitEvent('pusher:subscription_error', ch);
   assert.equal(JSON.parse(sub.data).status, 400);
-  // An existing user may still open another tab.
+  // An existing user may still open another tab (u5's first is on node B, this one on A).
   const extra = await join(ch, { user_id: 'u5' });
   assert.equal(extra.presence.count, 100);
   const info = await jsonOf(await sdk.get({ path: `/channels/${ch}`, params: { info: 'user_count' } }));
@@ -227,7 +233,7 @@ test('pusher-js presence: members, me, member_added and member_removed', async (
   assert.deepEqual(chA.members.me.info, { name: 'Alice' });
 
   const addedP = once(chA, 'pusher:member_added');
-  const bob = await connectClient(MAIN, { presence: { user_id: 7, user_info: { name: 'Bob' } } });
+  const bob = await connectClientB(MAIN, { presence: { user_id: 7, user_info: { name: 'Bob' } } });
   const { channel: chB, data: members } = await subscribed(bob, name);
   assert.equal(members.count, 2);
   const seen = [];

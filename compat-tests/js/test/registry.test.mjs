@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { MAIN, REGISTRY_APP, uniq, needRegistry } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, jsonOf } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 afterEach(closeAll);
@@ -14,6 +14,9 @@ afterEach(closeAll);
 const skip = needRegistry;
 const app = REGISTRY_APP;
 const sdk = () => serverSdk(app);
+
+// The SDK talks to node A; the receiving clients are on node B (node A outside cluster
+// mode), which loads the same registry.
 
 // Rejects with the Node SDK's RequestError; returns its HTTP status.
 async function refusedStatus(promise) {
@@ -27,7 +30,7 @@ async function refusedStatus(promise) {
 }
 
 test('registry app: pusher-js connects and receives a Node SDK event on a public channel', { skip }, async () => {
-  const client = await connectClient(app);
+  const client = await connectClientB(app);
   assert.match(client.connection.socket_id, /^\d+\.\d+$/);
   const ch = uniq('registry-public');
   const { channel } = await subscribed(client, ch);
@@ -39,7 +42,7 @@ test('registry app: pusher-js connects and receives a Node SDK event on a public
 });
 
 test('registry app: private channel authorized with its secret (Node SDK authorizeChannel)', { skip }, async () => {
-  const client = await connectClient(app);
+  const client = await connectClientB(app);
   const ch = uniq('private-registry');
   const { channel } = await subscribed(client, ch);
   const got = once(channel, 'secret-event');
@@ -50,7 +53,7 @@ test('registry app: private channel authorized with its secret (Node SDK authori
 
 test('registry app: client events are on, as created with --client-events true', { skip }, async () => {
   const a = await connectClient(app);
-  const b = await connectClient(app);
+  const b = await connectClientB(app);
   const ch = uniq('private-registry-chat');
   const { channel: ca } = await subscribed(a, ch);
   const { channel: cb } = await subscribed(b, ch);
@@ -62,7 +65,7 @@ test('registry app: client events are on, as created with --client-events true',
 
 test('registry app: the Node SDK sees its channels and nothing of the fixture app', { skip }, async () => {
   const prefix = uniq('registry-list');
-  const client = await connectClient(app);
+  const client = await connectClientB(app);
   await subscribed(client, `${prefix}-a`);
   const mine = await jsonOf(await sdk().get({ path: '/channels', params: { filter_by_prefix: prefix } }));
   assert.deepEqual(mine, { channels: { [`${prefix}-a`]: {} } });

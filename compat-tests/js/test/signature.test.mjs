@@ -153,7 +153,8 @@ test('missing body_md5 on a POST with a body gets 401', async () => {
 
 test('body changed after signing gets 401 (and is not delivered)', async () => {
   const ch = uniq('tamper');
-  const c = await RawClient.open(MAIN);
+  // The receiver is on node B (node A outside cluster mode).
+  const c = await RawClient.openB(MAIN);
   await c.subscribe(ch);
   const original = { name: 'legit', channels: [ch], data: 'a' };
   const forged = JSON.stringify({ name: 'forged', channels: [ch], data: 'b' });

@@ -4,7 +4,7 @@
 // sendToUser and terminateUserConnections, and raw frames for exact shapes.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAIN, uniq, WAIT_MS, QUIET_MS, sleep } from '../lib/env.mjs';
+import { MAIN, PORT, PORT_B, uniq, WAIT_MS, QUIET_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk, hmac } from '../lib/http.mjs';
 import { makeClient, waitConnected } from '../lib/client.mjs';
@@ -14,14 +14,19 @@ afterEach(closeAll);
 
 const sdk = serverSdk(MAIN);
 
+// The SDK talks to node A. A client that receives what it sends (or a watcher of other
+// users) is on node B (`B`; node A outside cluster mode).
+const B = { port: PORT_B };
+
 // A user id nobody else uses (user ids are app-wide, like channel names).
 const uid = (name) => uniq(`user-${name}`);
 
 // A pusher-js client whose user authentication goes through the Node SDK, as an
 // app's user-auth endpoint would. `auths` records every {auth, user_data} handed out.
-function userClient(userData) {
+function userClient(userData, { port = PORT } = {}) {
   const auths = [];
   const client = makeClient(MAIN, {
+    port,
     extra: {
       userAuthentication: {
         customHandler: ({ socketId }, callback) => {
@@ -67,8 +72,8 @@ function waitSignedIn(client, timeout = WAIT_MS) {
   });
 }
 
-async function signedIn(userData) {
-  const client = userClient(userData);
+async function signedIn(userData, opts = {}) {
+  const client = userClient(userData, opts);
   await waitConnected(client);
   client.signin();
   await waitSignedIn(client);
@@ -76,8 +81,8 @@ async function signedIn(userData) {
 }
 
 // Raw signin: sends pusher:signin signed by the Node SDK and returns the reply.
-async function rawSignin(userData) {
-  const c = await RawClient.open(MAIN);
+async function rawSignin(userData, opts = {}) {
+  const c = await RawClient.open(MAIN, opts);
   const { auth, user_data } = sdk.authenticateUser(c.socketId, userData);
   c.send({ event: 'pusher:signin', data: { auth, user_data } });
   const reply = await c.waitFor(
@@ -176,7 +181,7 @@ test('pusher-js signin(): user_data is what authenticateUser signed', async () =
 test('sendToUser reaches pusher.user.bind of that user only', async () => {
   const aliceId = uid('alice');
   const bobId = uid('bob');
-  const alice = await signedIn({ id: aliceId });
+  const alice = await signedIn({ id: aliceId }, B);
   const bob = await signedIn({ id: bobId });
   const bobGot = [];
   bob.user.bind('notice', (d) => bobGot.push(d));
@@ -196,7 +201,7 @@ test('sendToUser reaches pusher.user.bind of that user only', async () => {
 test('sendToUser reaches every tab of the user', async () => {
   const id = uid('tabs');
   const tab1 = await signedIn({ id });
-  const tab2 = await signedIn({ id });
+  const tab2 = await signedIn({ id }, B);
   assert.notEqual(tab1.connection.socket_id, tab2.connection.socket_id);
   const got1 = next(tab1.user, 'both');
   const got2 = next(tab2.user, 'both');
@@ -207,7 +212,7 @@ test('sendToUser reaches every tab of the user', async () => {
 
 test('raw: a server-to-user event is an ordinary channel frame on #server-to-user-<id>', async () => {
   const id = uid('rawframe');
-  const { c } = await rawSignin({ id });
+  const { c } = await rawSignin({ id }, B);
   await rawServerToUser(c, id);
   await sdk.sendToUser(id, 'frame-check', { n: 1 });
   assert.deepEqual(await c.waitEvent('frame-check'), {
@@ -219,10 +224,10 @@ test('raw: a server-to-user event is an ordinary channel frame on #server-to-use
 
 test("a raw client cannot subscribe to another user's #server-to-user- channel", async () => {
   const aliceId = uid('alice');
-  const alice = await signedIn({ id: aliceId });
+  const alice = await signedIn({ id: aliceId }, B);
   const channel = `#server-to-user-${aliceId}`;
 
-  const { c: mallory } = await rawSignin({ id: uid('mallory') });
+  const { c: mallory } = await rawSignin({ id: uid('mallory') }, B);
   const anonymous = await RawClient.open(MAIN);
   for (const c of [mallory, anonymous]) {
     c.subscribeFrame(channel, '');
@@ -254,7 +259,7 @@ test('watchlist: initial online/offline state, then online and offline as a watc
   const carolId = uid('carol');
   const carol = await signedIn({ id: carolId });
 
-  const watcher = userClient({ id: watcherId, watchlist: [bobId, carolId] });
+  const watcher = userClient({ id: watcherId, watchlist: [bobId, carolId] }, B);
   const events = [];
   watcher.user.watchlist.bind('online', (e) => events.push(e));
   watcher.user.watchlist.bind('offline', (e) => events.push(e));
@@ -304,7 +309,7 @@ test('watchlist: initial online/offline state, then online and offline as a watc
 test('watchlist: a user is offline only when the last of its connections closes', async () => {
   const watcherId = uid('watcher');
   const bobId = uid('bob');
-  const watcher = userClient({ id: watcherId, watchlist: [bobId] });
+  const watcher = userClient({ id: watcherId, watchlist: [bobId] }, B);
   const events = [];
   watcher.user.watchlist.bind('online', (e) => events.push(e));
   watcher.user.watchlist.bind('offline', (e) => events.push(e));
@@ -317,7 +322,7 @@ test('watchlist: a user is offline only when the last of its connections closes'
   const online = next(watcher.user.watchlist, 'online');
   const { c: tab1 } = await rawSignin({ id: bobId });
   await online;
-  const { c: tab2 } = await rawSignin({ id: bobId });
+  const { c: tab2 } = await rawSignin({ id: bobId }, B);
 
   // Closing one tab: bob stays online. Control: a server-to-user event sent
   // after the close was processed reaches the watcher first.
@@ -344,11 +349,12 @@ test('terminateUserConnections: the user\'s sockets get pusher:error 4200 and cl
   const victimId = uid('victim');
   const otherId = uid('bystander');
 
-  const victim = await signedIn({ id: victimId });
-  const bystander = await signedIn({ id: otherId });
+  // The pusher-js victim and the bystander on node B, the raw victim on node A.
+  const victim = await signedIn({ id: victimId }, B);
+  const bystander = await signedIn({ id: otherId }, B);
   const { c: victimRaw } = await rawSignin({ id: victimId });
   // A connection that is only a presence member with the same id, never signed in.
-  const presenceOnly = await RawClient.open(MAIN);
+  const presenceOnly = await RawClient.openB(MAIN);
   const pch = uniq('presence-terminate');
   const channelData = JSON.stringify({ user_id: victimId });
   await presenceOnly.subscribe(pch, sdk.authorizeChannel(presenceOnly.socketId, pch, { user_id: victimId }).auth, channelData);
@@ -402,7 +408,7 @@ test('terminateUserConnections: the user\'s sockets get pusher:error 4200 and cl
 });
 
 test('terminateUserConnections for a user with no connections answers {} and touches nobody', async () => {
-  const other = await signedIn({ id: uid('someone') });
+  const other = await signedIn({ id: uid('someone') }, B);
   const socket = other.connection.socket_id;
   const res = await sdk.terminateUserConnections(uid('nobody'));
   assert.equal(res.status, 200);

@@ -11,7 +11,7 @@ import http from 'node:http';
 import { WEBHOOK_APP, WEBHOOK_PORT, uniq, needWebhooks, WAIT_MS, QUIET_MS, sleep } from '../lib/env.mjs';
 import { RawClient } from '../lib/raw.mjs';
 import { serverSdk } from '../lib/http.mjs';
-import { connectClient, subscribed, once } from '../lib/client.mjs';
+import { connectClient, connectClientB, subscribed, once } from '../lib/client.mjs';
 import { closeAll } from '../lib/cleanup.mjs';
 
 const skip = needWebhooks;
@@ -319,8 +319,9 @@ test('presence: member_added per user (user_id as a string), member_removed afte
 test('client_event: private without user_id, presence with the sender\'s user_id; data as sent (a string)', { skip }, async () => {
   const priv = uniq('private-wh-client');
   const pres = uniq('presence-wh-client');
+  // The receiver is on node B (node A outside cluster mode).
   const sender = await connectClient(WEBHOOK_APP, { presence: { user_id: 'sender-1', user_info: {} } });
-  const receiver = await connectClient(WEBHOOK_APP, { presence: { user_id: 'receiver-1', user_info: {} } });
+  const receiver = await connectClientB(WEBHOOK_APP, { presence: { user_id: 'receiver-1', user_info: {} } });
   const { channel: sPriv } = await subscribed(sender, priv);
   const { channel: sPres } = await subscribed(sender, pres);
   const { channel: rPriv } = await subscribed(receiver, priv);
@@ -372,7 +373,8 @@ test('cache_miss when a subscriber finds a cache channel empty, none once an eve
   ]);
 
   await sdk.trigger(name, 'cached', { c: 1 });
-  const b = await connectClient(WEBHOOK_APP);
+  // The late subscriber is on node B (node A outside cluster mode).
+  const b = await connectClientB(WEBHOOK_APP);
   const chB = b.subscribe(name);
   const replay = once(chB, 'cached');
   await subscribed(b, name);
