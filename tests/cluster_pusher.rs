@@ -1126,3 +1126,49 @@ async fn member_notices_older_than_a_joining_sockets_list_are_dropped() {
         assert_eq!(data_of(&got)["user_id"], user, "{got}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Re-asserting while sockets keep joining
+// ---------------------------------------------------------------------------------------
+
+/// Redis loses everything (FLUSHALL) while sockets keep subscribing to new channels: the
+/// node notices at its next heartbeat and re-asserts its state, and no subscribe waits on
+/// that (a join waiting for its channel's topic while holding the node's state would
+/// deadlock the task that re-asserts). Afterwards Redis holds every subscription again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_racing_a_reassert_all_complete_and_are_all_restored() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 1, "").await;
+    let node = &cluster[0];
+    // Sockets subscribed up front; each task keeps subscribing its socket to new channels.
+    let mut tasks = Vec::new();
+    let stop = Instant::now() + Duration::from_millis(2500);
+    for _ in 0..16 {
+        let mut c = node.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut channels = Vec::new();
+            while Instant::now() < stop {
+                let channel = unique("race-");
+                c.send_subscribe(&channel, "", None).await;
+                // Bounded by TIMEOUT: a deadlocked node would never answer.
+                c.expect_subscribed(&channel).await;
+                channels.push(channel);
+            }
+            (c, channels)
+        }));
+    }
+    // node_timeout 3: a heartbeat every second; the flush lands among the subscribes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
+    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    for t in tasks {
+        let (c, channels) = t.await.expect("a subscriber task");
+        clients.push(c);
+        all.extend(channels);
+    }
+    assert!(all.len() > 100, "{} subscribes", all.len());
+    for channel in &all {
+        wait_redis(&redis, &["HLEN", &format!("pushi:1:ch:{channel}")], ":1").await;
+    }
+}

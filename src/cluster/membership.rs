@@ -1,7 +1,7 @@
 //! The membership seam on Redis. The registry keeps this node's sockets (for local fan-out
 //! and for re-asserting them); every cluster-wide decision is a script's.
 //!
-//! Joins hold the node's gate shared, so re-asserting the node's state (which holds it
+//! Script runs hold the node's gate shared, so re-asserting the node's state (which holds it
 //! alone) never re-adds what a session removed meanwhile. A join registers the socket
 //! locally and makes sure the node listens on the channel's topic *before* its script runs,
 //! so no notice the script publishes is missed here.
@@ -108,21 +108,26 @@ impl Membership for Node {
         if !self.is_up() {
             return Err(Close::CLUSTER_UNAVAILABLE);
         }
-        let shared = self.gate.read().await;
-        match self
-            .run_connect(&app.id, conn.socket_id, app.max_connections)
-            .await
         {
-            Ok(true) => {}
-            Ok(false) => return Err(Close::OVER_QUOTA),
-            Err(err) => {
-                self.failed(&err);
-                return Err(Close::CLUSTER_UNAVAILABLE);
+            // Counted in Redis and in the registry together, so a re-assert sees both or
+            // neither.
+            let _shared = self.gate.read().await;
+            match self
+                .run_connect(&app.id, conn.socket_id, app.max_connections)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(Close::OVER_QUOTA),
+                Err(err) => {
+                    self.failed(&err);
+                    return Err(Close::CLUSTER_UNAVAILABLE);
+                }
             }
+            self.registry.connect(&app.id, 0, conn)?;
         }
-        self.registry.connect(&app.id, 0, conn)?;
+        // Never while holding the gate: the topic keeper is the task that re-asserts, and
+        // it takes the gate alone.
         if let Err(err) = self.want(Topic::App(app.id.clone())).await {
-            drop(shared);
             self.registry.disconnect(&app.id, conn.socket_id);
             self.unwant(Topic::App(app.id.clone()));
             self.disconnect_redis(&app.id, conn.socket_id).await;
@@ -160,18 +165,22 @@ impl Membership for Node {
             None => (String::new(), String::new(), false),
         };
         let local = member.map(|m| (Arc::<str>::from(m.user_id.as_str()), m.user_info, m.peer));
-        let _shared = self.gate.read().await;
         let (added, _) = self.registry.attach(app_id, channel, conn, local);
         self.registry.set_counted(app_id, channel, count);
         let topic = Topic::Channel(app_id.to_string(), channel.to_string());
         let socket = conn.socket_id.to_string();
         let joining = presence.then_some((user.as_str(), info.as_str(), peer));
+        // Listening before the script runs (so its notices reach this node), and without the
+        // gate (the topic keeper is the task that re-asserts, taking the gate alone). A
+        // re-assert in between joins this socket itself; the script then changes nothing.
         let result = match self.want(topic).await {
             Err(err) => Err(err),
-            Ok(()) => self
-                .run_join(app_id, channel, &socket, joining, max_members, count)
-                .await
-                .map_err(|e| self.failed(&e)),
+            Ok(()) => {
+                let _shared = self.gate.read().await;
+                self.run_join(app_id, channel, &socket, joining, max_members, count)
+                    .await
+                    .map_err(|e| self.failed(&e))
+            }
         };
         let undo = || {
             if added {
