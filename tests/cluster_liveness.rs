@@ -215,13 +215,13 @@ async fn a_redis_outage_degrades_each_node_and_recovers_by_itself() {
     redis.restart();
     wait_ready(&a, 200, Duration::from_secs(15)).await;
     wait_ready(&b, 200, Duration::from_secs(15)).await;
-    a.logged("cluster: Redis unreachable", 1, Duration::from_secs(1))
+    a.logged("cluster: cut off from Redis", 1, Duration::from_secs(1))
         .await;
-    a.logged("cluster: Redis reachable again", 1, Duration::from_secs(1))
+    a.logged("cluster: rejoined", 1, Duration::from_secs(1))
         .await;
     assert_eq!(
         a.stderr_text()
-            .matches("cluster: Redis unreachable")
+            .matches("cluster: cut off from Redis")
             .count(),
         1,
         "the outage is logged once:\n{}",

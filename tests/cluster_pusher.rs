@@ -1172,3 +1172,45 @@ async fn subscribes_racing_a_reassert_all_complete_and_are_all_restored() {
         wait_redis(&redis, &["HLEN", &format!("pushi:1:ch:{channel}")], ":1").await;
     }
 }
+
+/// A command that fails while the pub/sub connection lives (here: Redis no longer knows the
+/// node, so its JOIN is refused) makes the node repair itself: it registers again,
+/// re-asserts what it holds and counts as joined again, without waiting for a reconnect.
+#[tokio::test]
+async fn a_failed_command_is_repaired_without_a_reconnect() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 1, "").await;
+    let node = &cluster[0];
+    let id = node
+        .ctx
+        .cluster
+        .as_ref()
+        .expect("a cluster node")
+        .id()
+        .to_string();
+    let (x, y) = (unique("x-"), unique("y-"));
+    let _a = node.subscriber(&x).await;
+    let mut b = node.connect().await;
+    assert_eq!(redis.command(&["ZREM", "pushi:nodes", &id]), ":1");
+    // Refused by Redis (not registered); served locally, repaired in the background.
+    b.subscribe(&y).await;
+    wait_redis(&redis, &["HLEN", &format!("pushi:1:ch:{y}")], ":1").await;
+    wait_redis(&redis, &["HLEN", &format!("pushi:1:ch:{x}")], ":1").await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = reqwest::get(node.http_url("/ready")).await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready again: {}",
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        redis.command(&["ZSCORE", "pushi:nodes", &id]).len() > 3,
+        "registered again"
+    );
+}

@@ -93,7 +93,7 @@ impl Health {
     fn set_down(&self, why: String) {
         let mut down = self.down.lock().expect("health lock");
         if self.up.swap(false, Ordering::AcqRel) || down.is_none() {
-            tracing::error!(error = %why, "cluster: Redis unreachable; this node serves its own connections only until it is back");
+            tracing::error!(error = %why, "cluster: cut off from Redis; this node serves its own connections only until it has rejoined");
             *down = Some((why, unix_now()));
         }
     }
@@ -101,7 +101,7 @@ impl Health {
     fn set_up(&self) {
         let mut down = self.down.lock().expect("health lock");
         if !self.up.swap(true, Ordering::AcqRel) && down.take().is_some() {
-            tracing::info!("cluster: Redis reachable again; state re-asserted");
+            tracing::info!("cluster: rejoined; state re-asserted");
         }
     }
 }
@@ -158,6 +158,10 @@ pub struct Node {
     /// The node's publish pipeline, whose offline-subscription index other nodes' changes
     /// update (set once the server is built).
     publisher: OnceLock<Publisher>,
+    /// Wakes the supervisor to re-assert the node's state (a command failed).
+    repair: tokio::sync::Notify,
+    /// Redis lost the node's state: the next re-assert re-sends presence members.
+    lost: AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -229,6 +233,8 @@ impl Node {
             transitions,
             received: AtomicU64::new(0),
             publisher: OnceLock::new(),
+            repair: tokio::sync::Notify::new(),
+            lost: AtomicBool::new(false),
         });
         // Joined before the node serves: a first connection is then never refused.
         let pubsub = loop {
@@ -249,6 +255,7 @@ impl Node {
         };
         node.health.set_up();
         tracing::info!(node = %node.id, redis = %node.url, prefix = %node.prefix, "cluster: joined");
+        tokio::spawn(node.clone().beat(shutdown.clone()));
         tokio::spawn(node.clone().supervise(pubsub, shutdown));
         Ok((node, transitions_rx))
     }
@@ -301,6 +308,7 @@ impl Node {
     /// re-asserted its state.
     fn failed(&self, err: &redis::RedisError) -> Unavailable {
         self.health.set_down(err_text(err));
+        self.repair.notify_one();
         self.cut_off()
     }
 
@@ -313,24 +321,29 @@ impl Node {
 
     /// Connects the pub/sub connection, subscribes every topic the registry needs, then
     /// registers the node (heartbeat) and re-asserts what it holds.
-    async fn join_cluster(&self) -> Result<(PubSubSink, PubSubStream), String> {
+    async fn join_cluster(&self) -> Result<(PubSubSink, PubSubStream, HashSet<String>), String> {
         let timeout = Duration::from_secs(self.config.command_timeout);
         let pubsub = tokio::time::timeout(timeout, self.client.get_async_pubsub())
             .await
             .map_err(|_| "no answer to connect".to_string())?
             .map_err(|e| err_text(&e))?;
         let (mut sink, stream) = pubsub.split();
-        let topics = self.wanted_topics();
-        for chunk in topics.chunks(512) {
-            let names: Vec<String> = chunk.iter().map(|t| t.name(&self.prefix)).collect();
-            tokio::time::timeout(timeout, sink.subscribe(&names))
+        // Exactly these are subscribed: the topic keeper starts from this set, so a channel
+        // joined or left meanwhile is (un)subscribed by its queued request.
+        let names: Vec<String> = self
+            .wanted_topics()
+            .iter()
+            .map(|t| t.name(&self.prefix))
+            .collect();
+        for chunk in names.chunks(512) {
+            tokio::time::timeout(timeout, sink.subscribe(chunk))
                 .await
                 .map_err(|_| "no answer to SUBSCRIBE".to_string())?
                 .map_err(|e| err_text(&e))?;
         }
-        let known = self.heartbeat().await.map_err(|e| err_text(&e))?;
-        self.reassert(!known).await.map_err(|e| err_text(&e))?;
-        Ok((sink, stream))
+        self.lost.store(true, Ordering::Release);
+        self.repair_state().await?;
+        Ok((sink, stream, names.into_iter().collect()))
     }
 
     /// Every topic the registry needs now.
@@ -429,11 +442,44 @@ impl Node {
         }
     }
 
+    /// Extends the node's deadline every third of `cluster.node_timeout`, apart from
+    /// everything else the node does (a long re-assert must not let it be declared dead).
+    /// A failed heartbeat, or one that finds the node unknown to Redis, asks the supervisor
+    /// to repair.
+    async fn beat(self: Arc<Node>, shutdown: CancellationToken) {
+        let beat = Duration::from_millis(self.config.node_timeout * 1000 / 3);
+        let mut ticker = tokio::time::interval(beat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.heartbeat().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Redis forgot this node (restarted empty, or declared it dead while it
+                    // was stalled): everything it holds must go back.
+                    self.lost.store(true, Ordering::Release);
+                    self.health.set_down(
+                        "Redis did not know this node (restarted empty, or declared it dead)"
+                            .into(),
+                    );
+                    self.repair.notify_one();
+                }
+                Err(err) => {
+                    self.failed(&err);
+                }
+            }
+        }
+    }
+
     /// The node's background task: delivers what other nodes publish, keeps the topics,
-    /// heartbeats, and reconnects after an outage.
+    /// repairs the node's state after a failed command and reconnects after an outage.
     async fn supervise(
         self: Arc<Node>,
-        first: (PubSubSink, PubSubStream),
+        first: (PubSubSink, PubSubStream, HashSet<String>),
         shutdown: CancellationToken,
     ) {
         let mut wants = self
@@ -443,10 +489,9 @@ impl Node {
             .take()
             .expect("one supervisor");
         let mut pubsub = Some(first);
-        let beat = Duration::from_millis(self.config.node_timeout * 1000 / 3);
         let mut wait = Duration::from_millis(100);
         loop {
-            let (mut sink, mut stream) = match pubsub.take() {
+            let (mut sink, mut stream, mut subscribed) = match pubsub.take() {
                 Some(p) => p,
                 None => {
                     tokio::select! {
@@ -481,14 +526,6 @@ impl Node {
                     }
                 }
             };
-            let mut subscribed: HashSet<String> = self
-                .wanted_topics()
-                .iter()
-                .map(|t| t.name(&self.prefix))
-                .collect();
-            let mut ticker = tokio::time::interval(beat);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
             let why = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -506,22 +543,31 @@ impl Node {
                             break why;
                         }
                     }
-                    _ = ticker.tick() => match self.heartbeat().await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            // Redis forgot this node (restarted empty, or declared it dead
-                            // while it was stalled): everything it holds goes back.
-                            tracing::warn!(node = %self.id, "cluster: Redis did not know this node; re-asserting its state");
-                            if let Err(err) = self.reassert(true).await {
-                                break err_text(&err);
-                            }
+                    // A command failed (or Redis forgot the node) while the pub/sub connection
+                    // lived: what failed may have left Redis and the registry apart, so the
+                    // node's state is re-asserted before it counts as joined again. If that
+                    // fails too, Redis is really gone: reconnect.
+                    _ = self.repair.notified() => {
+                        if let Err(why) = self.repair_state().await {
+                            break why;
                         }
-                        Err(err) => break err_text(&err),
-                    },
+                    }
                 }
             };
             self.health.set_down(why);
         }
+    }
+
+    /// Registers the node (heartbeat), re-asserts its state, and counts it as joined.
+    async fn repair_state(&self) -> Result<(), String> {
+        let known = self.heartbeat().await.map_err(|e| err_text(&e))?;
+        let lost = self.lost.swap(false, Ordering::AcqRel) || !known;
+        if let Err(err) = self.reassert(lost).await {
+            self.lost.fetch_or(lost, Ordering::AcqRel);
+            return Err(err_text(&err));
+        }
+        self.health.set_up();
+        Ok(())
     }
 
     /// Makes the Redis subscriptions of the requested topics follow the registry, in one

@@ -76,6 +76,13 @@ local function count_notice(A, C, n)
   notice(A, C, '', cjson.encode({event = 'pusher_internal:subscription_count', channel = C,
     data = cjson.encode({subscription_count = n})}))
 end
+-- Scripts that add to a node's entries refuse while the node is not registered (declared
+-- dead, or Redis lost it): what they added could never be reaped. The node re-registers
+-- and re-asserts instead.
+local function registered(N)
+  return redis.call('ZSCORE', P .. ':nodes', N)
+end
+local NOREG = 'NOREG this node is not registered (declared dead, or Redis lost its state)'
 -- The other peer members of a peer member U (empty when U is not one).
 local function peers_of(A, C, U)
   local pp = key(A, 'pp', C)
@@ -160,6 +167,7 @@ end
 /// `ARGV`: P, N, A, S, max. 1 admitted, 0 over quota.
 const CONNECT: &str = r#"
 local N, A, S, max = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if not registered(N) then return redis.error_reply(NOREG) end
 local e = 'a' .. Z .. A .. Z .. S
 if redis.call('SISMEMBER', P .. ':node:' .. N, e) == 1 then return 1 end
 if max > 0 then
@@ -186,6 +194,7 @@ return 1
 const JOIN: &str = r#"
 local N, A, C, S, U, info = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local max, counted, peer = tonumber(ARGV[8]), ARGV[9], ARGV[10]
+if not registered(N) then return redis.error_reply(NOREG) end
 local ch = key(A, 'ch', C)
 local function members()
   if U == '' then return {} end
@@ -232,6 +241,7 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 /// `ARGV`: P, N, A, U, S, watchlist... Returns 0/1 per watched user (online).
 const SIGN_IN: &str = r#"
 local N, A, U, S = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not registered(N) then return redis.error_reply(NOREG) end
 if redis.call('SADD', P .. ':node:' .. N, 'u' .. Z .. A .. Z .. U .. Z .. S) == 1 then
   if redis.call('HINCRBY', key(A, 'users'), U, 1) == 1 then
     redis.call('PUBLISH', P .. ':a:' .. A, 'on' .. Z .. Z .. U)

@@ -520,6 +520,18 @@ where
                 if self.subscriptions.remove(&channel).is_some() {
                     self.leave(&channel).await;
                     self.wire.floors.retain(|(c, _)| *c != channel);
+                    // Leaving a presence channel leaves its peer pairs, whatever the
+                    // membership could tell (EXTENSIONS.md §3: the pair is for members).
+                    let pairs: Vec<String> = self
+                        .subscriptions
+                        .keys()
+                        .filter(|c| parse_peer(c).is_some_and(|(p, _, _)| p == channel))
+                        .cloned()
+                        .collect();
+                    for pair in pairs {
+                        self.subscriptions.remove(&pair);
+                        self.leave(&pair).await;
+                    }
                 }
                 Ok(())
             }
