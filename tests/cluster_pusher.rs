@@ -1144,17 +1144,22 @@ async fn subscribes_racing_a_reassert_all_complete_and_are_all_restored() {
     let mut tasks = Vec::new();
     let stop = Instant::now() + Duration::from_millis(2500);
     for _ in 0..16 {
-        let mut c = node.connect().await;
+        let addr = node.addr;
         tasks.push(tokio::spawn(async move {
-            let mut channels = Vec::new();
+            let (mut channels, mut clients) = (Vec::new(), Vec::new());
             while Instant::now() < stop {
+                // A fresh socket every 200 channels (a socket may hold 1,000).
+                if channels.len() % 200 == 0 {
+                    clients.push(support::process::connect_at(addr).await);
+                }
+                let c = clients.last_mut().expect("a socket");
                 let channel = unique("race-");
                 c.send_subscribe(&channel, "", None).await;
                 // Bounded by TIMEOUT: a deadlocked node would never answer.
                 c.expect_subscribed(&channel).await;
                 channels.push(channel);
             }
-            (c, channels)
+            (clients, channels)
         }));
     }
     // node_timeout 3: a heartbeat every second; the flush lands among the subscribes.
@@ -1164,7 +1169,7 @@ async fn subscribes_racing_a_reassert_all_complete_and_are_all_restored() {
     let mut clients = Vec::new();
     for t in tasks {
         let (c, channels) = t.await.expect("a subscriber task");
-        clients.push(c);
+        clients.extend(c);
         all.extend(channels);
     }
     assert!(all.len() > 100, "{} subscribes", all.len());
