@@ -31,7 +31,7 @@ mod resync;
 mod scripts;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,8 +153,6 @@ pub struct Node {
     /// nothing is re-added that a session removed meanwhile.
     gate: RwLock<()>,
     transitions: mpsc::UnboundedSender<Transition>,
-    /// Cross-node messages received, for `/metrics` and tests.
-    received: AtomicU64,
     /// The node's publish pipeline, whose offline-subscription index other nodes' changes
     /// update (set once the server is built).
     publisher: OnceLock<Publisher>,
@@ -231,7 +229,6 @@ impl Node {
             wants_rx: Mutex::new(Some(wants_rx)),
             gate: RwLock::new(()),
             transitions,
-            received: AtomicU64::new(0),
             publisher: OnceLock::new(),
             repair: tokio::sync::Notify::new(),
             lost: AtomicBool::new(false),
@@ -285,11 +282,6 @@ impl Node {
     /// Whether the node is part of the cluster now.
     pub fn is_up(&self) -> bool {
         self.health.up.load(Ordering::Acquire)
-    }
-
-    /// Messages received from other nodes so far.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
     }
 
     fn cut_off(&self) -> Unavailable {
@@ -622,7 +614,6 @@ impl Node {
         let Some(topic) = Topic::parse(&self.prefix, topic) else {
             return;
         };
-        self.received.fetch_add(1, Ordering::Relaxed);
         match topic {
             Topic::Channel(app, channel) => {
                 let Some(env) = Envelope::parse(payload) else {
