@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `protocol` ← `auth` ← {`apps`, `registry`, `storage`} ←
+//! Dependencies point one way: `protocol` ← `wire` ← `auth` ← {`apps`, `registry`, `storage`} ←
 //! {`membership`, `adapter`, `webhooks`} ← `cluster` ← `publish` ← `context` ← {`session`,
 //! `http`, `reload`} ← `server` ← `cli`/`main`. `config` is passed in, never read globally.
 //!
@@ -14,6 +14,8 @@
 //!   MongoDB registry (`apps::mongo`, followed live by `apps::sync`).
 //! - [`cli`]: argument parsing and `pushi apps`.
 //! - [`origin`]: `allowed_origins` patterns and the handshake's `Origin` check.
+//! - [`wire`]: WebSocket frames after the handshake: encoded once and shared, written
+//!   straight to sockets by the fan-out, client frames parsed (the hot path).
 //! - [`registry`]: this node's connections, channels and presence members.
 //! - [`membership`]: the membership seam (joins and leaves, their cluster-wide transitions,
 //!   counts and presence).
@@ -49,6 +51,7 @@ pub mod server;
 pub mod session;
 pub mod storage;
 pub mod webhooks;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Server;

@@ -35,6 +35,7 @@ use crate::apps::AppStore;
 use crate::cluster::{Node, StartError, Transition};
 use crate::config::Config;
 pub use crate::context::Context;
+use crate::protocol::Close;
 use crate::registry::Registry;
 use crate::storage::Storage;
 
@@ -156,9 +157,32 @@ pub enum BindError {
     Cluster(#[from] StartError),
 }
 
+/// Pending connections the kernel queues for `accept`. The default (128) drops connects
+/// when many clients arrive at once (after a deploy or a network blip, every client
+/// reconnects together); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind_one(key: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
     let addr = format!("{host}:{port}");
-    TcpListener::bind(&addr)
+    let listen = async {
+        let mut last = None;
+        for resolved in tokio::net::lookup_host(&addr).await? {
+            let socket = match resolved {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            // As `TcpListener::bind` does: a restart must not wait for TIME_WAIT sockets.
+            socket.set_reuseaddr(true)?;
+            match socket.bind(resolved) {
+                Ok(()) => return socket.listen(LISTEN_BACKLOG),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+        }))
+    };
+    listen
         .await
         .map_err(|source| BindError::Listen { key, addr, source })
 }
@@ -247,6 +271,8 @@ impl Server {
                 .spawn(serve_metrics(metrics, warp::service(routes), ctx.clone()));
         }
         let api = warp::service(crate::http::routes(ctx.clone()));
+        // One context shared by every session (a pointer each, not a copy of every handle).
+        let shared = Arc::new(ctx.clone());
         let pending = Pending::new(ctx.config.server.max_pending_connections);
         let http = http_builder(&ctx);
         tokio::pin!(signal);
@@ -270,7 +296,7 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let conn_ctx = ctx.clone();
+            let conn_ctx = shared.clone();
             let api = api.clone();
             let (evicted, started) = pending.admit();
             let first = started.clone();
@@ -314,6 +340,9 @@ impl Server {
         drop(listener);
         tracing::info!("shutting down: closing connections with 4200");
         ctx.shutdown.cancel();
+        // Sessions do not each wait on the token (that would cost every idle connection a
+        // waiter): they are asked here, and one that registers after this sees the token.
+        ctx.registry.close_all(Close::SHUTTING_DOWN);
         ctx.tracker.close();
         let limit = Duration::from_secs(ctx.config.server.shutdown_timeout);
         if tokio::time::timeout(limit, ctx.tracker.wait())

@@ -95,7 +95,7 @@ impl Adapter for LocalAdapter {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<(), Unavailable> {
-        self.registry.publish(app_id, channel, &frame, except);
+        self.registry.fan_out(app_id, channel, &frame, except).await;
         Ok(())
     }
 

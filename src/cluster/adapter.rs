@@ -46,7 +46,7 @@ impl Adapter for Node {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<(), Unavailable> {
-        self.registry.publish(app_id, channel, &frame, except);
+        self.registry.fan_out(app_id, channel, &frame, except).await;
         let env = Envelope::frame(&self.id, except, None, frame.as_str());
         self.publish_envelope(app_id, channel, env).await
     }

@@ -40,7 +40,7 @@ impl Node {
             let Some(peer) = peer_channel(base, user, other) else {
                 continue;
             };
-            conn.send(Frame::from(message::peer_event(
+            conn.send(&Frame::from(message::peer_event(
                 true, presence, &peer, other,
             )));
             conn.control(Control::Subscribe {
@@ -72,7 +72,7 @@ impl Node {
                 continue;
             };
             if last {
-                conn.send(Frame::from(message::peer_event(
+                conn.send(&Frame::from(message::peer_event(
                     false, presence, &peer, other,
                 )));
             }

@@ -184,7 +184,7 @@ impl Node {
                 let frame = Frame::from(message::subscription_succeeded(channel, &data));
                 for socket in sockets {
                     if let Some(conn) = self.registry.connection(&app.app_id, socket) {
-                        conn.send(frame.clone());
+                        conn.send(&frame);
                     }
                 }
             }

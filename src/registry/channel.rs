@@ -117,7 +117,7 @@ impl Channel {
         if is_new {
             let frame = Frame::from(message::member_added(name, &user_id, &member.user_info));
             for sub in self.subscribers.values() {
-                sub.conn.send(frame.clone());
+                sub.conn.send(&frame);
             }
             self.members.insert(
                 user_id.clone(),
@@ -136,7 +136,7 @@ impl Channel {
                 let added = Frame::from(message::peer_event(true, name, &peer, &user_id));
                 for sub in self.subscribers.values() {
                     if sub.user_id.as_deref() == Some(&*other) {
-                        sub.conn.send(added.clone());
+                        sub.conn.send(&added);
                         sub.conn.control(Control::Subscribe {
                             channel: peer.clone(),
                             user_id: other.clone(),
@@ -144,7 +144,7 @@ impl Channel {
                     }
                 }
             }
-            conn.send(Frame::from(message::peer_event(true, name, &peer, &other)));
+            conn.send(&Frame::from(message::peer_event(true, name, &peer, &other)));
             conn.control(Control::Subscribe {
                 channel: peer,
                 user_id: user_id.clone(),
@@ -198,7 +198,7 @@ impl Channel {
     pub(super) fn to_member(&self, user: &str, frame: &Frame, control: &Control) {
         for sub in self.subscribers.values() {
             if sub.user_id.as_deref() == Some(user) {
-                sub.conn.send(frame.clone());
+                sub.conn.send(frame);
                 sub.conn.control(control.clone());
             }
         }
@@ -225,12 +225,13 @@ impl Channel {
             // for both sides.
             for (other, peer) in self.pairs_of(name, &user_id) {
                 if gone {
-                    sub.conn
-                        .send(Frame::from(message::peer_event(false, name, &peer, &other)));
+                    sub.conn.send(&Frame::from(message::peer_event(
+                        false, name, &peer, &other,
+                    )));
                     let removed = Frame::from(message::peer_event(false, name, &peer, &user_id));
                     for s in self.subscribers.values() {
                         if s.user_id.as_deref() == Some(&*other) {
-                            s.conn.send(removed.clone());
+                            s.conn.send(&removed);
                             s.conn.control(Control::Unsubscribe {
                                 channel: peer.clone(),
                             });
@@ -243,7 +244,7 @@ impl Channel {
                 self.members.remove(&user_id);
                 let frame = Frame::from(message::member_removed(name, &user_id));
                 for sub in self.subscribers.values() {
-                    sub.conn.send(frame.clone());
+                    sub.conn.send(&frame);
                 }
                 change.member_removed = Some(user_id);
             }
@@ -268,7 +269,7 @@ impl Channel {
         self.count_sent_at = Some(now);
         let frame = Frame::from(message::subscription_count(name, count));
         for sub in self.subscribers.values() {
-            sub.conn.send(frame.clone());
+            sub.conn.send(&frame);
         }
         true
     }

@@ -1,25 +1,15 @@
 //! [`Conn`]: the handle through which anything outside a session reaches one connection: a
-//! bounded outbound queue and a way to ask the session to close.
+//! bounded outbound queue with direct writes (`wire::Outlet`) and a way to ask the session
+//! to close.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::net::TcpStream;
 
 use crate::protocol::{Close, SocketId};
+use crate::wire::{Outlet, Queued};
 
-/// One outbound text frame. `Utf8Bytes` is reference-counted, so an event serialized once is
-/// shared by every subscriber and handed to tungstenite without a copy.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// One item of a connection's queue: as small as a frame (32 bytes), because every
-/// connection's queue allocates room for a block of them up front; the rare items are boxed.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A frame to write.
-    Frame(Frame),
-    /// A stored event or a change to the session's subscriptions.
-    Special(Box<Special>),
-}
+pub use crate::wire::Frame;
 
 /// The queue items that are not plain frames.
 #[derive(Debug, Clone)]
@@ -55,97 +45,47 @@ pub enum Control {
     },
 }
 
-impl Outbound {
-    /// The frame's text.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Outbound::Frame(frame) => frame.as_str(),
-            Outbound::Special(special) => match &**special {
-                Special::Stored { frame, .. } => frame.as_str(),
-                Special::Control(_) => "",
-            },
-        }
-    }
-}
-
-/// The shared half of a connection. The session task owns the receiving end of the queue.
+/// The shared half of a connection: its id and its [`Outlet`], through which other tasks
+/// write to it. The session task reads through the same socket.
 #[derive(Debug)]
 pub struct Conn {
     /// The connection's id.
     pub socket_id: SocketId,
-    tx: mpsc::Sender<Outbound>,
-    close: OnceLock<Close>,
-    wake: Notify,
+    /// The write side (see `wire::outlet`).
+    pub out: Outlet,
 }
 
 impl Conn {
-    /// A handle and the receiving end of its queue, which holds at most `capacity` frames.
-    pub fn new(socket_id: SocketId, capacity: usize) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let conn = Conn {
+    /// A handle over `socket` queueing at most `capacity` events (no socket: every frame
+    /// queues, for tests to read with [`Outlet::take_queued`]).
+    pub fn new(socket_id: SocketId, socket: Option<TcpStream>, capacity: usize) -> Arc<Conn> {
+        Arc::new(Conn {
             socket_id,
-            tx,
-            close: OnceLock::new(),
-            wake: Notify::new(),
-        };
-        (Arc::new(conn), rx)
+            out: Outlet::new(socket, capacity),
+        })
     }
 
-    /// Queues a frame without waiting. A full queue means the client is not keeping up: the
-    /// frame is dropped and the session is asked to close with [`Close::TOO_SLOW`], so memory
-    /// per connection stays bounded.
-    pub fn send(&self, frame: Frame) {
-        self.push(Outbound::Frame(frame));
+    /// Delivers a frame: written at once when the connection keeps up, queued otherwise. A
+    /// full queue means the client is not keeping up: the frame is dropped and the session
+    /// is asked to close with [`Close::TOO_SLOW`], so memory per connection stays bounded.
+    pub fn send(&self, frame: &Frame) {
+        self.out.deliver(frame);
     }
 
     /// Queues a change to the session's subscriptions.
     pub fn control(&self, control: Control) {
-        self.push(Outbound::Special(Box::new(Special::Control(control))));
+        self.out
+            .enqueue(Queued::Special(Box::new(Special::Control(control))));
     }
 
     /// Queues a stored event of a personal channel (see [`Special::Stored`]).
     pub fn send_stored(&self, id: u64, frame: Frame) {
-        self.push(Outbound::Special(Box::new(Special::Stored { id, frame })));
-    }
-
-    fn push(&self, item: Outbound) {
-        match self.tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.request_close(Close::TOO_SLOW),
-            // The session is gone; its cleanup will remove this handle.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        self.out
+            .enqueue(Queued::Special(Box::new(Special::Stored { id, frame })));
     }
 
     /// Asks the session to close with `reason`. The first reason wins.
     pub fn request_close(&self, reason: Close) {
-        if self.close.set(reason).is_ok() {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Resolves once someone asked this connection to close, with the reason.
-    pub async fn close_requested(&self) -> Close {
-        loop {
-            if let Some(reason) = self.close.get() {
-                return *reason;
-            }
-            self.wake.notified().await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_queue_item_is_no_bigger_than_a_frame() {
-        // Each connection's queue allocates a block of items up front: memory per idle
-        // connection depends on this size.
-        assert_eq!(
-            std::mem::size_of::<Outbound>(),
-            std::mem::size_of::<Frame>()
-        );
+        self.out.request_close(reason);
     }
 }

@@ -4,8 +4,8 @@
 //! Must not touch: `.await` while a lock is held, Redis, Mongo, HTTP.
 //!
 //! Concurrency: apps and channels live in `DashMap`s, which shard their locks, so there is no
-//! global lock on the hot path. A publish holds one channel's shard read lock while it does a
-//! non-blocking `try_send` into each subscriber's bounded queue; nothing awaits under a lock.
+//! global lock on the hot path. A publish holds one channel's shard read lock only to collect
+//! the subscribers, then writes to each (see `wire::Outlet`); nothing awaits under a lock.
 
 mod channel;
 mod conn;
@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio::time::{Duration, Instant};
 
 pub use channel::{Change, SubscribeError};
-pub use conn::{Conn, Control, Frame, Outbound, Special};
+pub use conn::{Conn, Control, Frame, Special};
 
 use crate::protocol::message::{self, PresenceMember};
 use crate::protocol::{Close, SocketId, PERSONAL_PREFIX};
@@ -66,6 +66,38 @@ pub struct AppSnapshot {
     pub subscriptions: Vec<LocalSubscription>,
     /// (signed-in user, socket).
     pub users: Vec<(Arc<str>, SocketId)>,
+}
+
+/// Subscribers per worker thread below which a fan-out is not split (see
+/// [`Registry::fan_out`]).
+const SPLIT_AT: usize = 256;
+
+/// Delivers `frame` to `targets` in two passes: queue it everywhere, let the other ready
+/// tasks run (publishes arriving together queue theirs), then write each connection once
+/// with everything it has waiting. Under load one `send` carries several events (the
+/// kernel's cost per send, not per byte, is what a delivery costs); when idle the pause
+/// is one turn of the scheduler.
+async fn deliver_batched(targets: &[Arc<Conn>], frame: &Frame) {
+    let mut staged = Staged(Vec::new());
+    for conn in targets {
+        if conn.out.stage(frame) {
+            staged.0.push(conn.clone());
+        }
+    }
+    tokio::task::yield_now().await;
+    drop(staged);
+}
+
+/// Connections with staged frames: flushed when dropped, so that a publish abandoned
+/// between its two passes (its HTTP client went away) still writes what it queued.
+struct Staged(Vec<Arc<Conn>>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for conn in &self.0 {
+            conn.out.flush();
+        }
+    }
 }
 
 /// A cheap-to-clone handle to the registry.
@@ -148,6 +180,13 @@ impl Registry {
             conn.request_close(reason);
         }
         conns.len()
+    }
+
+    /// Asks every connection on this node to close with `reason` (shutdown); returns how
+    /// many were asked.
+    pub fn close_all(&self, reason: Close) -> usize {
+        let apps: Vec<String> = self.apps.iter().map(|a| a.key().clone()).collect();
+        apps.iter().map(|app| self.close_app(app, reason)).sum()
     }
 
     /// Connections of all apps on this node.
@@ -517,8 +556,12 @@ impl Registry {
         entry
     }
 
-    /// Queues `frame` for every local subscriber of `channel` but `except`. Returns how many
-    /// connections it was queued for.
+    /// Delivers `frame` to every local subscriber of `channel` but `except`. Returns how
+    /// many connections it went to.
+    ///
+    /// The subscribers are collected under the channel's shard lock and written to after
+    /// it is released: a write is a syscall, and subscribes to other channels of the shard
+    /// must not wait for a whole fan-out.
     pub fn publish(
         &self,
         app_id: &str,
@@ -526,20 +569,66 @@ impl Registry {
         frame: &Frame,
         except: Option<SocketId>,
     ) -> usize {
+        let targets = self.subscribers(app_id, channel, except);
+        for conn in &targets {
+            conn.send(frame);
+        }
+        targets.len()
+    }
+
+    /// [`Registry::publish`], with a large fan-out split across the runtime's worker
+    /// threads (one `send` per subscriber is the cost: 10,000 subscribers keep one core busy
+    /// for tens of milliseconds). Returns after every part is done, so that publishes one
+    /// after the other reach each subscriber in that order.
+    pub async fn fan_out(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: &Frame,
+        except: Option<SocketId>,
+    ) -> usize {
+        let targets = self.subscribers(app_id, channel, except);
+        let n = targets.len();
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1);
+        let parts = workers.min(n / SPLIT_AT);
+        if parts < 2 {
+            deliver_batched(&targets, frame).await;
+            return n;
+        }
+        let targets = Arc::new(targets);
+        let size = n.div_ceil(parts);
+        // Every part is a task (none run inline): a task spawned from a worker waits in its
+        // not-stealable next-task slot, so a lone spawn would not reach the other thread.
+        let tasks: Vec<_> = (0..parts)
+            .map(|i| {
+                let (targets, frame) = (targets.clone(), frame.clone());
+                tokio::spawn(async move {
+                    let end = ((i + 1) * size).min(targets.len());
+                    deliver_batched(&targets[i * size..end], &frame).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        n
+    }
+
+    /// The local subscribers of `channel` but `except`.
+    fn subscribers(&self, app_id: &str, channel: &str, except: Option<SocketId>) -> Vec<Arc<Conn>> {
         let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
-            return 0;
+            return Vec::new();
         };
         let Some(c) = app.channels.get(channel) else {
-            return 0;
+            return Vec::new();
         };
-        let mut sent = 0;
-        for (id, sub) in &c.subscribers {
-            if Some(*id) != except {
-                sub.conn.send(frame.clone());
-                sent += 1;
-            }
-        }
-        sent
+        c.subscribers
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .map(|(_, sub)| sub.conn.clone())
+            .collect()
     }
 
     /// Queues a stored event for every local subscriber of the personal `channel` but
@@ -552,16 +641,8 @@ impl Registry {
         frame: &Frame,
         except: Option<SocketId>,
     ) {
-        let Some(app) = self.apps.get(app_id).map(|a| a.clone()) else {
-            return;
-        };
-        let Some(c) = app.channels.get(channel) else {
-            return;
-        };
-        for (sid, sub) in &c.subscribers {
-            if Some(*sid) != except {
-                sub.conn.send_stored(id, frame.clone());
-            }
+        for conn in self.subscribers(app_id, channel, except) {
+            conn.send_stored(id, frame.clone());
         }
     }
 
@@ -632,13 +713,30 @@ fn notify_watchers(app: &AppState, user: &Arc<str>, online: bool) {
     };
     let frame = Frame::from(frame);
     for conn in watchers {
-        conn.send(frame.clone());
+        conn.send(&frame);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Queued;
+
+    fn conn(id: SocketId, capacity: usize) -> Arc<Conn> {
+        Conn::new(id, None, capacity)
+    }
+
+    /// The texts queued for `c` since the last call.
+    fn recv(c: &Conn) -> Vec<String> {
+        c.out
+            .take_queued()
+            .into_iter()
+            .map(|q| match q {
+                Queued::Frame(f) => f.as_str().to_string(),
+                Queued::Special(s) => format!("{s:?}"),
+            })
+            .collect()
+    }
 
     fn member(id: &str) -> Option<PresenceMember> {
         PresenceMember::parse(&format!(r#"{{"user_id":"{id}","user_info":{{}}}}"#), 1024).ok()
@@ -647,20 +745,18 @@ mod tests {
     #[test]
     fn presence_counts_users_not_sockets() {
         let reg = Registry::default();
-        let (a1, mut rx_a1) = Conn::new(SocketId(1, 1), 8);
-        let (a2, _rx_a2) = Conn::new(SocketId(1, 2), 8);
-        let (b, mut rx_b) = Conn::new(SocketId(1, 3), 8);
+        let a1 = conn(SocketId(1, 1), 8);
+        let a2 = conn(SocketId(1, 2), 8);
+        let b = conn(SocketId(1, 3), 8);
         reg.subscribe("1", "presence-x", &b, member("b"), 100, false)
             .unwrap();
         reg.subscribe("1", "presence-x", &a1, member("a"), 100, false)
             .unwrap();
-        assert!(rx_b.try_recv().unwrap().as_str().contains("member_added"));
+        let got = recv(&b);
+        assert!(got.len() == 1 && got[0].contains("member_added"), "{got:?}");
         reg.subscribe("1", "presence-x", &a2, member("a"), 100, false)
             .unwrap();
-        assert!(
-            rx_b.try_recv().is_err(),
-            "second tab of a is not a new member"
-        );
+        assert!(recv(&b).is_empty(), "second tab of a is not a new member");
         assert_eq!(
             reg.channel_stats("1", "presence-x"),
             ChannelStats {
@@ -672,13 +768,17 @@ mod tests {
             .unsubscribe("1", "presence-x", a1.socket_id, false)
             .unwrap();
         assert_eq!(change.member_removed, None);
-        assert!(rx_b.try_recv().is_err(), "a still has a tab open");
+        assert!(recv(&b).is_empty(), "a still has a tab open");
         let change = reg
             .unsubscribe("1", "presence-x", a2.socket_id, false)
             .unwrap();
         assert_eq!(change.member_removed.as_deref(), Some("a"));
-        assert!(rx_b.try_recv().unwrap().as_str().contains("member_removed"));
-        assert!(rx_a1.try_recv().is_err());
+        let got = recv(&b);
+        assert!(
+            got.len() == 1 && got[0].contains("member_removed"),
+            "{got:?}"
+        );
+        assert!(recv(&a1).iter().all(|f| !f.contains("member_")));
         assert_eq!(
             reg.subscribe("1", "presence-x", &b, member("b"), 100, false),
             Err(SubscribeError::Existing("presence-x".into()))
@@ -688,8 +788,8 @@ mod tests {
     #[test]
     fn presence_limit() {
         let reg = Registry::default();
-        let (a, _ra) = Conn::new(SocketId(1, 1), 8);
-        let (b, _rb) = Conn::new(SocketId(1, 2), 8);
+        let a = conn(SocketId(1, 1), 8);
+        let b = conn(SocketId(1, 2), 8);
         reg.subscribe("1", "presence-x", &a, member("a"), 1, false)
             .unwrap();
         assert!(matches!(
@@ -701,32 +801,30 @@ mod tests {
     #[test]
     fn quota_and_slow_consumers() {
         let reg = Registry::default();
-        let (c1, _r1) = Conn::new(SocketId(9, 1), 1);
-        let (c2, _r2) = Conn::new(SocketId(9, 2), 1);
+        let c1 = conn(SocketId(9, 1), 1);
+        let c2 = conn(SocketId(9, 2), 1);
         assert!(reg.connect("1", 1, &c1).is_ok());
         assert_eq!(reg.connect("1", 1, &c2), Err(Close::OVER_QUOTA));
         reg.disconnect("1", c1.socket_id);
         assert!(reg.connect("1", 1, &c2).is_ok());
         // Closing the app reaches every connection it has, and only those.
         assert_eq!(reg.close_app("1", Close::APP_DISABLED), 1);
-        let reason = futures_util::FutureExt::now_or_never(c2.close_requested());
-        assert_eq!(reason, Some(Close::APP_DISABLED));
+        assert_eq!(c2.out.close_requested(), Some(Close::APP_DISABLED));
         assert_eq!(reg.close_app("2", Close::APP_DISABLED), 0);
 
-        let (slow, _rx) = Conn::new(SocketId(1, 1), 1);
+        let slow = conn(SocketId(1, 1), 1);
         reg.subscribe("1", "c", &slow, None, 100, false).unwrap();
         let frame = Frame::from("x");
         reg.publish("1", "c", &frame, None);
         reg.publish("1", "c", &frame, None);
-        let reason = futures_util::FutureExt::now_or_never(slow.close_requested());
-        assert_eq!(reason, Some(Close::TOO_SLOW));
+        assert_eq!(slow.out.close_requested(), Some(Close::TOO_SLOW));
     }
 
     #[test]
     fn empty_channels_are_dropped_and_except_is_honoured() {
         let reg = Registry::default();
-        let (a, mut ra) = Conn::new(SocketId(1, 1), 8);
-        let (b, mut rb) = Conn::new(SocketId(1, 2), 8);
+        let a = conn(SocketId(1, 1), 8);
+        let b = conn(SocketId(1, 2), 8);
         let (_, change) = reg.subscribe("1", "c", &a, None, 100, false).unwrap();
         assert!(change.occupied);
         let (_, change) = reg.subscribe("1", "c", &b, None, 100, false).unwrap();
@@ -735,8 +833,8 @@ mod tests {
             reg.publish("1", "c", &Frame::from("x"), Some(a.socket_id)),
             1
         );
-        assert!(ra.try_recv().is_err());
-        assert_eq!(rb.try_recv().unwrap().as_str(), "x");
+        assert!(recv(&a).is_empty());
+        assert_eq!(recv(&b), ["x"]);
         assert_eq!(
             reg.publish("2", "c", &Frame::from("x"), None),
             0,
@@ -761,37 +859,27 @@ mod tests {
         let reg = Registry::default();
         let mut conns = Vec::new();
         for i in 0..102 {
-            conns.push(Conn::new(SocketId(1, i), 1024));
+            conns.push(conn(SocketId(1, i), 1024));
         }
-        for (conn, _) in &conns {
-            reg.subscribe("1", "c", conn, None, 100, true).unwrap();
+        for c in &conns {
+            reg.subscribe("1", "c", c, None, 100, true).unwrap();
         }
-        let received = |rx: &mut tokio::sync::mpsc::Receiver<Outbound>| {
-            let mut n = 0;
-            while rx.try_recv().is_ok() {
-                n += 1;
-            }
-            n
-        };
+        let received = |c: &Arc<Conn>| recv(c).len();
         // One count per change up to 100 subscribers; past 100, none within 30 s of the last.
-        assert_eq!(received(&mut conns[0].1), 100);
+        assert_eq!(received(&conns[0]), 100);
         tokio::time::advance(Duration::from_secs(31)).await;
-        reg.unsubscribe("1", "c", conns[101].0.socket_id, true);
-        assert_eq!(received(&mut conns[0].1), 1, "sent again after 30 s");
-        reg.unsubscribe("1", "c", conns[100].0.socket_id, true);
-        assert_eq!(
-            received(&mut conns[0].1),
-            1,
-            "100 subscribers: not busy any more"
-        );
+        reg.unsubscribe("1", "c", conns[101].socket_id, true);
+        assert_eq!(received(&conns[0]), 1, "sent again after 30 s");
+        reg.unsubscribe("1", "c", conns[100].socket_id, true);
+        assert_eq!(received(&conns[0]), 1, "100 subscribers: not busy any more");
     }
 
     #[test]
     fn watchlist_online_offline() {
         let reg = Registry::default();
-        let (watcher, mut rw) = Conn::new(SocketId(1, 1), 8);
-        let (bob, _rb) = Conn::new(SocketId(1, 2), 8);
-        let (bob2, _rb2) = Conn::new(SocketId(1, 3), 8);
+        let watcher = conn(SocketId(1, 1), 8);
+        let bob = conn(SocketId(1, 2), 8);
+        let bob2 = conn(SocketId(1, 3), 8);
         let (online, offline) = reg.sign_in(
             "1",
             "alice",
@@ -802,13 +890,21 @@ mod tests {
         assert!(online.is_empty());
         assert_eq!(offline, vec!["bob", "carol"]);
         reg.sign_in("1", "bob", &bob, &[], true);
-        assert!(rw.try_recv().unwrap().as_str().contains(r#"\"online\""#));
+        let got = recv(&watcher);
+        assert!(
+            got.len() == 1 && got[0].contains(r#"\"online\""#),
+            "{got:?}"
+        );
         reg.sign_in("1", "bob", &bob2, &[], true);
-        assert!(rw.try_recv().is_err(), "bob was online already");
+        assert!(recv(&watcher).is_empty(), "bob was online already");
         reg.sign_out("1", "bob", bob.socket_id, &[], true);
-        assert!(rw.try_recv().is_err(), "bob still has a connection");
+        assert!(recv(&watcher).is_empty(), "bob still has a connection");
         reg.sign_out("1", "bob", bob2.socket_id, &[], true);
-        assert!(rw.try_recv().unwrap().as_str().contains(r#"\"offline\""#));
+        let got = recv(&watcher);
+        assert!(
+            got.len() == 1 && got[0].contains(r#"\"offline\""#),
+            "{got:?}"
+        );
         assert_eq!(reg.user_connections("1", "bob").len(), 0);
     }
 

@@ -1,33 +1,30 @@
 //! One connection's task: admission, `pusher:connection_established`, then a loop over
-//! client frames, queued outbound frames, the activity timer and shutdown.
+//! client frames, queued outbound items, the activity timer and shutdown.
 //!
-//! The loop is generic over a `Sink + Stream` of tungstenite messages, so it runs the same
-//! over a real socket and in tests.
+//! Events from other tasks reach the socket through the connection's outlet
+//! (`wire::Outlet`), mostly written by the publishing task itself; the session writes only
+//! what had to wait, its own replies, and the stored events and subscription changes it
+//! must look at first. Replies go before queued events, and while a client frame is being
+//! handled the outlet is held, so an event on a channel just joined never overtakes the
+//! `subscription_succeeded` that confirms it.
 //!
-//! Everything other tasks send to this connection goes through its bounded queue (see
-//! `registry::Conn`); replies to the client's own frames go to a short outbox, in order.
-//!
-//! Writing never blocks the loop: [`Wire::poll_io`] moves queued frames to the outbox, hands
-//! the outbox to the socket as far as it accepts, and reads client frames, all in one poll.
-//! So the heartbeat, shutdown and close requests are served while a write is pending, and
-//! a socket that accepts no bytes for `server.write_timeout` is closed. Reading pauses while
-//! the outbox is full, so a client that sends but does not read cannot grow it.
+//! Writing never blocks the loop: [`poll_io`] writes what waits as far as the socket takes
+//! it and reads client frames, in one poll. So the heartbeat, shutdown and close requests
+//! are served while a write is pending, and a socket that accepts no bytes for
+//! `server.write_timeout` is closed. Reading pauses while replies pile up, so a client that
+//! sends but does not read cannot grow them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::poll_fn;
-use std::pin::Pin;
+use std::io;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::apps::App;
 use crate::auth;
@@ -38,23 +35,21 @@ use crate::protocol::{
     PERSONAL_PREFIX,
 };
 use crate::publish::{Data, Publication, Sender};
-use crate::registry::{Change, Conn, Control, Frame, Outbound, Special, SubscribeError};
-use crate::session::{Handshake, WriteMeter};
+use crate::registry::{Change, Conn, Control, Frame, Special, SubscribeError};
+use crate::session::Handshake;
 use crate::storage::{self, StoreError};
 use crate::webhooks::Event;
+use crate::wire::{Inbound, Outlet, ReadError, Reader, Written};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Most queued frames moved to the outbox at a time: the outbox is refilled from the queue
-/// only below this, so a backlog stays in the bounded queue, where it is counted.
-const WRITE_BATCH: usize = 32;
+/// Client frames are read only while fewer replies than this wait to be written.
+const READ_PAUSE: usize = 64;
 
-/// Client frames are read only while the outbox holds fewer messages than this.
-const READ_PAUSE: usize = 2 * WRITE_BATCH;
-
-/// Rounds of moving frames and reading in one poll before yielding to the other tasks.
-const POLL_ROUNDS: usize = 16;
+/// Bytes read from the socket at a time, into a buffer on the stack: nothing is held per
+/// connection between reads.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// How a session ends.
 enum End {
@@ -64,42 +59,73 @@ enum End {
     Close(Close),
 }
 
-/// Runs one connection to its end. `meter` counts the bytes the socket under `ws` accepted.
-pub async fn run<S>(mut ws: S, ctx: Context, handshake: Handshake, meter: WriteMeter)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
-{
+/// Runs one connection to its end. `initial` holds client bytes read with the handshake.
+///
+/// Only `serve`'s state lasts, so everything before and after it is boxed and dropped when
+/// done: a task is as large as the largest state it can be in, and an async fn keeps its
+/// arguments for its whole life (hence a plain fn returning a future that holds one box).
+pub fn run(
+    socket: TcpStream,
+    initial: Bytes,
+    ctx: Arc<Context>,
+    handshake: Box<Handshake>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let start = Box::pin(start(socket, initial, ctx, handshake));
+    async move {
+        let Some(mut session) = start.await else {
+            return;
+        };
+        let end = session.serve().await;
+        Box::pin(session.finish(end)).await;
+    }
+}
+
+/// Admission: the app, the protocol, the quota. A session, or `None` when the connection
+/// was refused (and closed).
+async fn start(
+    socket: TcpStream,
+    initial: Bytes,
+    ctx: Arc<Context>,
+    handshake: Box<Handshake>,
+) -> Option<Session> {
+    let mut reader = Reader::new(crate::session::transport_cap(&ctx));
+    reader.feed(&initial);
+    // A slice of hyper's read buffer keeps all of it: let go of it now.
+    drop(initial);
+    let socket_id = ctx.next_socket_id();
+    let conn = Conn::new(
+        socket_id,
+        Some(socket),
+        ctx.config.server.max_queued_messages,
+    );
     let app = match admit(&ctx, &handshake).await {
         Ok(app) => app,
         Err(close) => {
             tracing::debug!(code = close.code, path = %handshake.path, "connection refused");
-            close_with(&mut ws, close).await;
-            return;
+            close_with(&conn, &mut reader, close).await;
+            return None;
         }
     };
-    let socket_id = ctx.next_socket_id();
-    let (conn, rx) = Conn::new(socket_id, ctx.config.server.max_queued_messages);
     if let Err(close) = ctx.membership.connect(&app, &conn).await {
-        close_with(&mut ws, close).await;
-        return;
+        close_with(&conn, &mut reader, close).await;
+        return None;
+    }
+    // Shutdown asks every registered connection to close; one registered after that
+    // finds the token cancelled instead.
+    if ctx.shutdown.is_cancelled() {
+        conn.request_close(Close::SHUTTING_DOWN);
     }
     let auth_deadline = app
         .authorized_connections
         .then(|| Instant::now() + Duration::from_secs(ctx.config.server.authorization_timeout));
-    let limits = &ctx.config.limits;
-    let mut session = Session {
+    let burst = ctx.config.limits.max_channels_per_connection;
+    let session = Session {
         auth_deadline,
         user: None,
-        wire: Wire {
-            ws,
-            rx,
-            floors: Vec::new(),
-            outbox: VecDeque::new(),
-            unflushed: false,
-        },
-        meter,
-        subscribes: Bucket::full(limits.max_channels_per_connection),
-        ctx: ctx.clone(),
+        reader,
+        floors: Vec::new(),
+        subscribes: Bucket::full(burst),
+        ctx,
         app,
         socket: socket_id.to_string(),
         conn,
@@ -108,18 +134,7 @@ where
         window_count: 0,
     };
     tracing::debug!(socket_id = %session.socket, app = %session.app.id, "connected");
-    let end = session.serve().await;
-    session.cleanup().await;
-    ctx.membership.disconnect(&session.app.id, socket_id).await;
-    tracing::debug!(socket_id = %session.socket, "disconnected");
-    if let End::Close(close) = end {
-        // Frames the client had not received yet are dropped, so that the error and the
-        // close come next (after whatever the socket already holds).
-        session.wire.outbox.clear();
-        session.wire.rx.close();
-        while session.wire.rx.try_recv().is_ok() {}
-        close_with(&mut session.wire.ws, close).await;
-    }
+    Some(session)
 }
 
 /// Checks path, protocol, app and origin (the quota is checked when the connection is
@@ -146,27 +161,71 @@ async fn admit(ctx: &Context, handshake: &Handshake) -> Result<Arc<App>, Close> 
 }
 
 /// Sends `pusher:error` and the close frame, then waits briefly for the client's close.
-async fn close_with<S>(ws: &mut S, close: Close)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
-    let frames = async {
-        if close.announces() {
-            ws.feed(text(message::error(Some(close.code), close.message)))
-                .await?;
-        }
-        let frame = CloseFrame {
-            code: CloseCode::from(close.code),
-            reason: close.message.into(),
+async fn close_with(conn: &Conn, reader: &mut Reader, close: Close) {
+    conn.out.seal();
+    if close.announces() {
+        conn.out
+            .reply(text(message::error(Some(close.code), close.message)));
+    }
+    conn.out.reply(Frame::close(close.code, close.message));
+    if let Ok(Ok(())) = timeout(CLOSE_GRACE, flush(&conn.out)).await {
+        // Read until the client answers the close, so the close frame is not lost to a
+        // reset (unread bytes at close make the kernel send RST).
+        let Some(socket) = conn.out.socket() else {
+            return;
         };
-        ws.send(Message::Close(Some(frame))).await
-    };
-    if let Ok(Ok(())) = timeout(CLOSE_GRACE, frames).await {
-        // Drain until the client answers the close, so the close frame is not lost to a reset.
         let _ = timeout(CLOSE_GRACE, async {
-            while let Some(Ok(_)) = ws.next().await {}
+            while let Read::Message(msg) = poll_fn(|cx| poll_read(socket, reader, cx)).await {
+                if matches!(msg, Inbound::Close(_)) {
+                    break;
+                }
+            }
         })
         .await;
+    }
+}
+
+/// Writes everything the outlet holds (after [`Outlet::seal`], only replies).
+async fn flush(out: &Outlet) -> io::Result<()> {
+    loop {
+        match poll_fn(|cx| out.poll_write(cx)).await? {
+            Written::Idle => return Ok(()),
+            // Sealed: no special item or close request is returned any more.
+            Written::Special(_) | Written::Close(_) => {}
+        }
+    }
+}
+
+/// What one read gave.
+enum Read {
+    /// A whole message.
+    Message(Inbound),
+    /// Bytes that break the protocol or a limit.
+    Bad(ReadError),
+    /// The connection ended or failed.
+    Gone,
+}
+
+/// Reads client bytes until a whole message is parsed or the socket has no more for now.
+fn poll_read(socket: &TcpStream, reader: &mut Reader, cx: &mut TaskContext<'_>) -> Poll<Read> {
+    loop {
+        match reader.message() {
+            Ok(Some(msg)) => return Poll::Ready(Read::Message(msg)),
+            Err(err) => return Poll::Ready(Read::Bad(err)),
+            Ok(None) => {}
+        }
+        match socket.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Read::Gone),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match socket.try_read(&mut chunk) {
+            Ok(0) => return Poll::Ready(Read::Gone),
+            Ok(n) => reader.feed(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(Read::Gone),
+        }
     }
 }
 
@@ -185,129 +244,80 @@ fn personal_since(channel_data: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn text(s: String) -> Message {
-    Message::Text(s.into())
+fn text(s: String) -> Frame {
+    Frame::text(&s)
 }
 
-/// The socket and the two things waiting to be written to it.
-struct Wire<S> {
-    ws: S,
-    /// The connection's bounded queue (fan-out from other tasks).
-    rx: mpsc::Receiver<Outbound>,
-    /// Personal channels this socket is subscribed to, with the highest stored-event id
-    /// their subscription replayed: a stored event at or below it was replayed already. In a
-    /// cluster also its presence channels, with the version of the last member notice its
-    /// `subscription_succeeded` reflected: older notices are not delivered.
-    floors: Vec<(String, u64)>,
-    /// Messages to hand to the socket, in order: replies, and frames taken from `rx`.
-    outbox: VecDeque<Message>,
-    /// The socket holds messages not flushed yet.
-    unflushed: bool,
-}
-
-/// What [`Wire::poll_io`] saw.
+/// What [`poll_io`] saw.
 enum Io {
-    /// A client frame (or the end of the stream).
-    Inbound(Option<Result<Message, WsError>>),
-    /// The queue's sender is gone (the registry forgot this connection).
-    QueueClosed,
+    /// A client message, a bad frame, or the end of the connection.
+    Inbound(Read),
     /// The socket failed while writing.
     WriteFailed,
     /// The server changed this session's subscriptions (a peer pair formed or ended).
     Control(Control),
+    /// Someone asked this connection to close.
+    Close(Close),
 }
 
-impl<S> Wire<S>
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
-    /// Whether a stored event of a personal channel was not in that channel's replay.
-    fn fresh(&self, id: u64, frame: &Frame) -> bool {
-        match self.floors.as_slice() {
-            [] => true,
-            // One personal channel: every stored event is for it.
-            [(_, floor)] => id > *floor,
-            floors => {
-                #[derive(serde::Deserialize)]
-                struct Head<'a> {
-                    #[serde(borrow)]
-                    channel: std::borrow::Cow<'a, str>,
+/// Whether a stored event of a personal channel was not in that channel's replay.
+/// `floors`: see [`Session::floors`].
+fn fresh(floors: &[(String, u64)], id: u64, frame: &Frame) -> bool {
+    match floors {
+        [] => true,
+        // One personal channel: every stored event is for it.
+        [(_, floor)] => id > *floor,
+        floors => {
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                #[serde(borrow)]
+                channel: std::borrow::Cow<'a, str>,
+            }
+            let head: Option<Head<'_>> = serde_json::from_str(frame.as_str()).ok();
+            let floor = head.and_then(|h| {
+                floors
+                    .iter()
+                    .find(|(c, _)| *c == h.channel)
+                    .map(|(_, f)| *f)
+            });
+            floor.is_none_or(|floor| id > floor)
+        }
+    }
+}
+
+/// Writes what waits as far as the socket takes it, then reads a client message if
+/// replies are not piling up. Ready only with something for the session to act on.
+fn poll_io(
+    conn: &Conn,
+    reader: &mut Reader,
+    floors: &[(String, u64)],
+    cx: &mut TaskContext<'_>,
+) -> Poll<Io> {
+    loop {
+        match conn.out.poll_write(cx) {
+            Poll::Ready(Ok(Written::Close(reason))) => return Poll::Ready(Io::Close(reason)),
+            Poll::Ready(Ok(Written::Special(special))) => match *special {
+                Special::Stored { id, frame } => {
+                    // Nothing is before it (partial frame and replies were written), so as
+                    // a reply it goes out next, in its place.
+                    if fresh(floors, id, &frame) {
+                        conn.out.reply(frame);
+                    }
                 }
-                let head: Option<Head<'_>> = serde_json::from_str(frame.as_str()).ok();
-                let floor = head.and_then(|h| {
-                    floors
-                        .iter()
-                        .find(|(c, _)| *c == h.channel)
-                        .map(|(_, f)| *f)
-                });
-                floor.is_none_or(|floor| id > floor)
+                Special::Control(control) => return Poll::Ready(Io::Control(control)),
+            },
+            Poll::Ready(Ok(Written::Idle)) | Poll::Pending => break,
+            Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
+        }
+    }
+    if conn.out.replies_waiting() < READ_PAUSE {
+        if let Some(socket) = conn.out.socket() {
+            if let Poll::Ready(read) = poll_read(socket, reader, cx) {
+                return Poll::Ready(Io::Inbound(read));
             }
         }
     }
-
-    /// Whether anything waits to reach the socket.
-    fn writing(&self) -> bool {
-        !self.outbox.is_empty() || self.unflushed
-    }
-
-    /// Moves queued frames to the outbox, writes the outbox as far as the socket accepts,
-    /// flushes, and reads one client frame if the outbox has room. Ready only with something
-    /// for the session to act on; writes progress in the background of every poll.
-    fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<Io> {
-        for _ in 0..POLL_ROUNDS {
-            let mut moved = false;
-            while self.outbox.len() < WRITE_BATCH {
-                match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(Outbound::Frame(frame))) => {
-                        self.outbox.push_back(Message::Text(frame))
-                    }
-                    Poll::Ready(Some(Outbound::Special(special))) => match *special {
-                        Special::Stored { id, frame } => {
-                            if self.fresh(id, &frame) {
-                                self.outbox.push_back(Message::Text(frame))
-                            }
-                        }
-                        Special::Control(control) => return Poll::Ready(Io::Control(control)),
-                    },
-                    Poll::Ready(None) => return Poll::Ready(Io::QueueClosed),
-                    Poll::Pending => break,
-                }
-            }
-            while !self.outbox.is_empty() {
-                match Pin::new(&mut self.ws).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let msg = self.outbox.pop_front().expect("not empty");
-                        if Pin::new(&mut self.ws).start_send(msg).is_err() {
-                            return Poll::Ready(Io::WriteFailed);
-                        }
-                        self.unflushed = true;
-                        moved = true;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
-                    Poll::Pending => break,
-                }
-            }
-            if self.unflushed {
-                match Pin::new(&mut self.ws).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
-                    Poll::Pending => {}
-                }
-            }
-            if self.outbox.len() < READ_PAUSE {
-                if let Poll::Ready(msg) = Pin::new(&mut self.ws).poll_next(cx) {
-                    return Poll::Ready(Io::Inbound(msg));
-                }
-            }
-            // Another round only if the outbox drained and the queue may hold more.
-            if !moved || self.outbox.len() >= WRITE_BATCH {
-                return Poll::Pending;
-            }
-        }
-        // Busy connection: let other tasks run, then continue.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
+    Poll::Pending
 }
 
 /// A token bucket for `pusher:subscribe` requests: `burst` at once, then `rate` per second.
@@ -338,11 +348,15 @@ impl Bucket {
     }
 }
 
-struct Session<S> {
-    wire: Wire<S>,
-    /// Bytes the socket accepted, for the write timeout.
-    meter: WriteMeter,
-    ctx: Context,
+struct Session {
+    /// Client bytes not parsed into a message yet.
+    reader: Reader,
+    /// Personal channels this socket is subscribed to, with the highest stored-event id
+    /// their subscription replayed: a stored event at or below it was replayed already. In a
+    /// cluster also its presence channels, with the version of the last member notice its
+    /// `subscription_succeeded` reflected: older notices are not delivered.
+    floors: Vec<(String, u64)>,
+    ctx: Arc<Context>,
     app: Arc<App>,
     /// The socket id as clients see it (`conn.socket_id` formatted once).
     socket: String,
@@ -361,16 +375,11 @@ struct Session<S> {
 
 /// What woke the loop.
 enum Step {
-    Stop(Close),
     Io(Io),
-    Idle,
-    WriteCheck,
+    Timer,
 }
 
-impl<S> Session<S>
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
-{
+impl Session {
     fn socket_id(&self) -> SocketId {
         self.conn.socket_id
     }
@@ -379,45 +388,56 @@ where
         let hello =
             message::connection_established(&self.socket, self.ctx.config.server.activity_timeout);
         self.send(vec![text(hello)]);
-        let activity = Duration::from_secs(self.ctx.config.server.activity_timeout);
-        let pong_wait = Duration::from_secs(self.ctx.config.server.pong_timeout);
-        let write_timeout = Duration::from_secs(self.ctx.config.server.write_timeout);
+        let server = &self.ctx.config.server;
+        let activity = Duration::from_secs(server.activity_timeout);
+        let pong_wait = Duration::from_secs(server.pong_timeout);
+        let write_timeout = Duration::from_secs(server.write_timeout);
         // The write timeout is checked a few times per period, so a stall is caught within
         // about a quarter of it past the limit.
         let write_check = (write_timeout / 4).max(Duration::from_millis(100));
-        let idle = sleep(activity);
-        tokio::pin!(idle);
+        // One timer for every deadline (ping or pong, authorization, write check): each
+        // timer costs every idle connection its size.
+        let mut idle_at = Instant::now() + activity;
+        let timer = sleep(activity);
+        tokio::pin!(timer);
         let mut pinged = false;
         // Bytes written and when that count last moved, while something waits to be written.
-        let mut written = self.meter.written();
+        let mut written = self.conn.out.written();
         let mut progress_at = Instant::now();
         let mut check_at = Instant::now();
         let mut was_writing = false;
         loop {
-            let auth_deadline = self.auth_deadline;
-            let writing = self.wire.writing();
+            let writing = self.conn.out.writing();
             if writing && !was_writing {
-                written = self.meter.written();
+                written = self.conn.out.written();
                 progress_at = Instant::now();
                 check_at = progress_at + write_check;
             }
             was_writing = writing;
-            let wire = &mut self.wire;
+            let mut deadline = idle_at;
+            if let Some(auth) = self.auth_deadline {
+                deadline = deadline.min(auth);
+            }
+            if writing {
+                deadline = deadline.min(check_at);
+            }
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let (conn, reader, floors) = (&self.conn, &mut self.reader, &self.floors);
             let step = tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => Step::Stop(Close::SHUTTING_DOWN),
-                reason = self.conn.close_requested() => Step::Stop(reason),
-                _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(Instant::now)), if auth_deadline.is_some() => {
-                    Step::Stop(Close::UNAUTHORIZED)
-                }
-                io = poll_fn(|cx| wire.poll_io(cx)) => Step::Io(io),
-                _ = &mut idle => Step::Idle,
-                _ = tokio::time::sleep_until(check_at), if writing => Step::WriteCheck,
+                io = poll_fn(|cx| poll_io(conn, reader, floors, cx)) => Step::Io(io),
+                _ = &mut timer => Step::Timer,
             };
             match step {
-                Step::Stop(reason) => return End::Close(reason),
-                Step::Io(Io::QueueClosed | Io::WriteFailed) => return End::Gone,
-                Step::Io(Io::Control(control)) => self.control(control).await,
+                Step::Io(Io::WriteFailed | Io::Inbound(Read::Gone)) => return End::Gone,
+                Step::Io(Io::Close(reason)) => return End::Close(reason),
+                Step::Io(Io::Control(control)) => {
+                    self.conn.out.hold(true);
+                    Box::pin(self.control(control)).await;
+                    self.conn.out.hold(false);
+                }
                 Step::Io(Io::Inbound(msg)) => {
                     // Every check reads the app as it is now: a rotated secret, a switch or a
                     // webhook changed since the handshake applies at once.
@@ -426,37 +446,54 @@ where
                         Some(_) => return End::Close(Close::APP_DISABLED),
                         None => return End::Close(Close::APP_NOT_FOUND),
                     }
-                    idle.as_mut().reset(Instant::now() + activity);
+                    idle_at = Instant::now() + activity;
                     pinged = false;
+                    // Held: events wait behind this frame's replies (see the module header).
                     // Boxed: the handlers' state lives on the heap only while a frame is
                     // handled, so an idle connection's task stays small.
-                    if let Err(end) = Box::pin(self.on_message(msg)).await {
+                    self.conn.out.hold(true);
+                    let handled = Box::pin(self.on_message(msg)).await;
+                    self.conn.out.hold(false);
+                    if let Err(end) = handled {
                         return end;
                     }
                 }
-                Step::Idle if pinged => return End::Close(Close::PONG_TIMEOUT),
-                Step::Idle => {
-                    pinged = true;
-                    idle.as_mut().reset(Instant::now() + pong_wait);
-                    self.send(vec![text(message::ping())]);
-                }
-                Step::WriteCheck => {
-                    check_at = Instant::now() + write_check;
-                    let now = self.meter.written();
-                    if now != written {
-                        written = now;
-                        progress_at = Instant::now();
-                    } else if self.wire.writing() && progress_at.elapsed() >= write_timeout {
-                        return End::Close(Close::WRITE_TIMEOUT);
+                Step::Timer => {
+                    let now = Instant::now();
+                    if self.auth_deadline.is_some_and(|at| at <= now) {
+                        return End::Close(Close::UNAUTHORIZED);
+                    }
+                    if idle_at <= now {
+                        if pinged {
+                            return End::Close(Close::PONG_TIMEOUT);
+                        }
+                        pinged = true;
+                        idle_at = now + pong_wait;
+                        self.send(vec![text(message::ping())]);
+                    }
+                    if writing && check_at <= now {
+                        check_at = now + write_check;
+                        let bytes = self.conn.out.written();
+                        if bytes != written {
+                            written = bytes;
+                            progress_at = now;
+                        } else if self.conn.out.writing()
+                            && now.duration_since(progress_at) >= write_timeout
+                        {
+                            return End::Close(Close::WRITE_TIMEOUT);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Queues messages for the client, after everything queued before them.
-    fn send(&mut self, msgs: Vec<Message>) {
-        self.wire.outbox.extend(msgs);
+    /// Queues replies for the client, after the replies queued before them and ahead of
+    /// queued events.
+    fn send(&mut self, frames: Vec<Frame>) {
+        for frame in frames {
+            self.conn.out.reply(frame);
+        }
     }
 
     fn error(&mut self, code: Option<u16>, msg: &str) -> Result<(), End> {
@@ -464,39 +501,35 @@ where
         Ok(())
     }
 
-    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
-        match msg {
-            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => Err(End::Gone),
-            Some(Err(WsError::Capacity(_))) => Err(End::Close(Close::MESSAGE_TOO_BIG)),
-            // The peer vanished mid-stream: nobody is left to tell.
-            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-                Err(End::Gone)
+    async fn on_message(&mut self, read: Read) -> Result<(), End> {
+        match read {
+            Read::Gone => Err(End::Gone),
+            Read::Bad(err) => {
+                tracing::debug!(socket_id = %self.socket, cause = %err, "bad frame");
+                Err(End::Close(match err {
+                    ReadError::TooBig => Close::MESSAGE_TOO_BIG,
+                    ReadError::Utf8 => Close::INVALID_PAYLOAD,
+                    ReadError::Protocol(_) => Close::PROTOCOL_ERROR,
+                }))
             }
-            Some(Err(WsError::Protocol(err))) => {
-                tracing::debug!(socket_id = %self.socket, cause = %err, "protocol error");
-                Err(End::Close(Close::PROTOCOL_ERROR))
-            }
-            Some(Err(WsError::Utf8(_))) => Err(End::Close(Close::INVALID_PAYLOAD)),
-            Some(Err(err)) => {
-                tracing::debug!(socket_id = %self.socket, cause = %err, "read failed");
-                Err(End::Gone)
-            }
-            Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
-            Some(Ok(Message::Binary(_))) => self.error(
+            Read::Message(Inbound::Text(t)) => self.on_text(&t).await,
+            Read::Message(Inbound::Binary) => self.error(
                 None,
                 "Binary frames are not supported: send JSON text frames",
             ),
-            Some(Ok(Message::Ping(_))) => {
-                // tungstenite queued the pong; the next poll flushes it out.
-                self.wire.unflushed = true;
+            Read::Message(Inbound::Ping(payload)) => {
+                self.conn.out.reply(Frame::pong(&payload));
                 Ok(())
             }
-            Some(Ok(Message::Close(_))) => {
-                // tungstenite queued the close reply; send it so the client sees a clean close.
-                let _ = timeout(CLOSE_GRACE, self.wire.ws.flush()).await;
+            Read::Message(Inbound::Close(code)) => {
+                // Answer the close (RFC 6455 5.5.1: echo its code) so the client sees a
+                // clean close, then end.
+                self.conn.out.seal();
+                self.conn.out.reply(Frame::close(code.unwrap_or(1000), ""));
+                let _ = timeout(CLOSE_GRACE, flush(&self.conn.out)).await;
                 Err(End::Gone)
             }
-            Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Read::Message(Inbound::Pong) => Ok(()),
         }
     }
 
@@ -519,7 +552,7 @@ where
             ClientMessage::Unsubscribe { channel } => {
                 if self.subscriptions.remove(&channel).is_some() {
                     self.leave(&channel).await;
-                    self.wire.floors.retain(|(c, _)| *c != channel);
+                    self.floors.retain(|(c, _)| *c != channel);
                     // Leaving a presence channel leaves its peer pairs, whatever the
                     // membership could tell (EXTENSIONS.md §3: the pair is for members).
                     let pairs: Vec<String> = self
@@ -715,8 +748,8 @@ where
                 // In a cluster, member notices older than the member list just read are
                 // dropped when they reach this socket (see `Wire::fresh`).
                 if let Some(floor) = change.notice_floor {
-                    self.wire.floors.retain(|(c, _)| *c != channel);
-                    self.wire.floors.push((channel.clone(), floor));
+                    self.floors.retain(|(c, _)| *c != channel);
+                    self.floors.push((channel.clone(), floor));
                 }
                 let data = match personal {
                     None => data,
@@ -724,14 +757,14 @@ where
                     // replay or queued after it, and the floor drops the copy in the queue.
                     Some(user) => match self.personal_replay(&user, since).await {
                         Ok((data, floor)) => {
-                            self.wire.floors.retain(|(c, _)| *c != channel);
-                            self.wire.floors.push((channel.clone(), floor));
+                            self.floors.retain(|(c, _)| *c != channel);
+                            self.floors.push((channel.clone(), floor));
                             data
                         }
                         Err(err) => {
                             self.subscriptions.remove(&channel);
                             self.leave(&channel).await;
-                            self.wire.floors.retain(|(c, _)| *c != channel);
+                            self.floors.retain(|(c, _)| *c != channel);
                             let msg = format!("Stored events are unavailable: {err}");
                             return self.refuse_subscription(
                                 &channel,
@@ -745,7 +778,7 @@ where
                 let mut frames = vec![text(message::subscription_succeeded(&channel, &data))];
                 if name.is_cache() {
                     match self.ctx.adapter.cache_get(&self.app.id, &channel).await {
-                        Ok(Some(entry)) => frames.push(Message::Text(entry.frame)),
+                        Ok(Some(entry)) => frames.push(entry.frame),
                         // The cluster's cache could not be read: a miss for the client,
                         // but no webhook claiming the channel has nothing cached.
                         Err(err) => {
@@ -980,6 +1013,24 @@ where
     }
 
     /// Leaves every channel (presence members see `member_removed` where due).
+    /// Leaves every channel, forgets the connection, and closes the socket the way `end`
+    /// says.
+    async fn finish(mut self, end: End) {
+        self.cleanup().await;
+        let socket_id = self.socket_id();
+        self.ctx
+            .membership
+            .disconnect(&self.app.id, socket_id)
+            .await;
+        tracing::debug!(socket_id = %self.socket, "disconnected");
+        match end {
+            // Frames the client had not received yet are dropped, so that the error and
+            // the close come next (after whatever the socket already holds).
+            End::Close(close) => close_with(&self.conn, &mut self.reader, close).await,
+            End::Gone => self.conn.out.seal(),
+        }
+    }
+
     async fn cleanup(&mut self) {
         let channels: Vec<String> = self.subscriptions.drain().map(|(c, _)| c).collect();
         for channel in channels {

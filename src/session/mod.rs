@@ -1,15 +1,15 @@
 //! WebSocket sessions: the upgrade of `/app/{key}` requests, then one task per connection.
 //!
-//! The upgrade is done here rather than with warp's `ws()` filter because warp fixes
-//! tungstenite's buffer sizes (128 KiB read + 128 KiB write per socket) and copies every
-//! outbound text frame into a new `String`; pushi sizes the buffers itself and sends shared,
-//! reference-counted frames (see `handler`).
+//! The upgrade is done here rather than with warp's `ws()` filter: after the handshake the
+//! session takes the TCP socket itself, so that the fan-out can write shared, pre-framed
+//! events straight to it (`wire`), and an idle connection holds no read or write buffer.
 //!
-//! Owns: handshake checks, WebSocket configuration, spawning the tracked session task.
+//! Owns: handshake checks, taking the socket from hyper, spawning the tracked session task.
 //! Must not touch: HTTP API routes.
 
 mod handler;
-mod meter;
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use hyper::body::Incoming;
@@ -19,19 +19,12 @@ use hyper::header::{
 };
 use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 pub use handler::run;
-pub use meter::{Metered, WriteMeter};
 
 use crate::context::Context;
-
-/// Initial size of tungstenite's read buffer, allocated per connection. Pusher frames are
-/// small; a larger frame grows the buffer as needed, so a small initial size costs nothing in
-/// correctness and saves ~127 KiB per idle connection against tungstenite's default.
-const READ_BUFFER: usize = 1024;
 
 /// Whether the request asks for a WebSocket upgrade.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -43,18 +36,6 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         })
     };
     has(UPGRADE, "websocket") && has(CONNECTION, "upgrade")
-}
-
-/// The tungstenite configuration for one connection, sized from the app limits.
-pub fn ws_config(ctx: &Context) -> WebSocketConfig {
-    let cap = transport_cap(ctx);
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        // Frames are written through at once; the queue in front of the socket is ours.
-        .write_buffer_size(0)
-        .max_write_buffer_size(cap * 4)
-        .max_message_size(Some(cap))
-        .max_frame_size(Some(cap))
 }
 
 /// Largest frame accepted from a client: room for the largest event plus its envelope.
@@ -102,7 +83,7 @@ fn check_handshake<B>(req: &Request<B>) -> Result<&HeaderValue, &'static str> {
 
 /// Answers the upgrade and spawns the session. The app and protocol are checked inside the
 /// session so that refusals reach the client as `pusher:error` plus a close code.
-pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
+pub fn upgrade(req: Request<Incoming>, ctx: Arc<Context>) -> warp::reply::Response {
     let key = match check_handshake(&req) {
         Ok(key) => key,
         Err(why) => {
@@ -125,18 +106,22 @@ pub fn upgrade(req: Request<Incoming>, ctx: Context) -> warp::reply::Response {
             .get(hyper::header::ORIGIN)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
-    let config = ws_config(&ctx);
+    let on_upgrade = hyper::upgrade::on(req);
+    let handshake = Box::new(handshake);
     let tracker = ctx.tracker.clone();
     let fut = async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let meter = WriteMeter::default();
-                let io = Metered::new(TokioIo::new(upgraded), meter.clone());
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                run(ws, ctx, handshake, meter).await;
-            }
-            Err(err) => tracing::debug!(cause = %err, "websocket upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => return tracing::debug!(cause = %err, "websocket upgrade failed"),
+        };
+        // The server serves every connection as `TokioIo<TcpStream>` (see `server`), so the
+        // upgraded connection is that socket, plus any bytes hyper read past the request
+        // head.
+        let (socket, initial) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+            Err(_) => return tracing::error!("websocket upgrade on a connection that is not TCP"),
+        };
+        run(socket, initial, ctx, handshake).await;
     };
     tracker.spawn(fut);
     let mut res = warp::reply::Response::default();
