@@ -29,6 +29,9 @@ use crate::context::Context;
 
 /// All HTTP routes.
 pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // Shared behind one pointer: warp clones the filters for every request, and a clone of
+    // the context itself is a dozen reference counts.
+    let ctx = Arc::new(ctx);
     let with_ctx = warp::any().map(move || ctx.clone());
 
     let up = warp::path!("up")
@@ -38,7 +41,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
     let up_app = warp::path!("up" / String)
         .and(warp::get())
         .and(with_ctx.clone())
-        .then(|id: String, ctx: Context| async move {
+        .then(|id: String, ctx: Arc<Context>| async move {
             match ctx.apps.find_by_id(&id) {
                 Some(app) if app.enabled => {
                     warp::reply::json(&serde_json::json!({"ok": true})).into_response()
@@ -54,7 +57,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(with_ctx.clone())
-        .map(|ctx: Context| ready_response(&ctx));
+        .map(|ctx: Arc<Context>| ready_response(&ctx));
 
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
 
@@ -73,7 +76,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              full: warp::path::FullPath,
              query: String,
              body,
-             ctx: Context| async move {
+             ctx: Arc<Context>| async move {
                 // An unknown app costs a map lookup and nothing else: the body is not read.
                 let Some(app) = ctx.apps.find_by_id(&app_id) else {
                     if !ctx.apps.is_loaded() {
@@ -106,7 +109,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
              method: Method,
              query: String,
              body,
-             ctx: Context| async move {
+             ctx: Arc<Context>| async move {
                 let key = form_urlencoded::parse(query.as_bytes())
                     .find(|(k, _)| k == "auth_key")
                     .map(|(_, v)| v.into_owned());
