@@ -13,7 +13,6 @@ const FIN: u8 = 0x80;
 /// Opcodes (RFC 6455 5.2).
 const TEXT: u8 = 0x1;
 const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
 /// A complete, unmasked WebSocket frame. Cloning shares the bytes.
@@ -43,12 +42,6 @@ impl Frame {
     /// guarantees for pings).
     pub fn pong(payload: &[u8]) -> Frame {
         Frame::encode(PONG, &payload[..payload.len().min(125)])
-    }
-
-    /// A WebSocket-level ping (pushi's heartbeat uses `pusher:ping` text frames; this is for
-    /// tests and tools).
-    pub fn ping(payload: &[u8]) -> Frame {
-        Frame::encode(PING, &payload[..payload.len().min(125)])
     }
 
     /// Header (2, 4 or 10 bytes: RFC 6455 5.2's 7-bit, 16-bit and 64-bit lengths) and

@@ -88,11 +88,6 @@ impl Reader {
         self.buf.extend_from_slice(data);
     }
 
-    /// Whether bytes of an incomplete frame or message are held.
-    pub fn is_mid_message(&self) -> bool {
-        !self.buf.is_empty() || self.fragmented.is_some()
-    }
-
     /// The next whole message from the bytes fed so far, `Ok(None)` when more bytes are
     /// needed. After an error the connection must be closed: the stream is out of step.
     pub fn message(&mut self) -> Result<Option<Inbound>, ReadError> {
@@ -330,7 +325,7 @@ mod tests {
                 );
             }
         }
-        assert!(!r.is_mid_message());
+        assert!(r.fragmented.is_none());
         assert_eq!(r.buf.capacity(), 0);
     }
 
