@@ -38,7 +38,10 @@
 //! `subscription_succeeded`); publishes accepted and per second; deliveries received
 //! against those the accepted publishes owe, per second over the time they took; end-to-end
 //! latency percentiles (publish built to frame read, one monotonic clock, every delivery
-//! counted in a histogram); the publish round trip; with `--pid`, RSS and the server's CPU
+//! counted in a histogram) and the same at arrival (to the moment the subscriber's kernel
+//! received the frame, by `SO_TIMESTAMPNS`: what the server's side of the latency is, free
+//! of the queueing of a generator that reads thousands of sockets on one core); the publish
+//! round trip; with `--pid`, RSS and the server's CPU
 //! as a share of a core and per delivery; the generator's own CPU the same way. Deliveries
 //! count only inside the measured window, which ends when every expected delivery has
 //! arrived or 2 s after the last publish was answered. The last line, `RESULT {json}`, has
@@ -65,8 +68,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -290,6 +294,10 @@ struct Shared {
     deliveries: Cell<u64>,
     last_delivery: Cell<Option<Instant>>,
     latency: RefCell<Histogram>,
+    /// Publish to the moment the subscriber's kernel received the frame (see `recv_stamped`).
+    wire_latency: RefCell<Histogram>,
+    /// `start` on the wall clock, which kernel receive timestamps use.
+    start_wall: SystemTime,
     /// Subscribers whose `subscription_succeeded` arrived, per channel.
     subscribed: RefCell<Vec<u64>>,
     ready: Cell<usize>,
@@ -331,6 +339,37 @@ async fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> 
         }
     })
     .await
+}
+
+/// Asks the kernel to stamp every segment this socket receives with the wall-clock time it
+/// arrived (`SO_TIMESTAMPNS`), so latency can be measured up to the subscriber's socket,
+/// without the time a busy one-core generator takes to get round to reading it.
+fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
+    setsockopt(stream, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
+}
+
+thread_local! {
+    /// Room for one `SCM_TIMESTAMPNS` control message, shared by every read.
+    static CMSG: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec));
+}
+
+/// One `recvmsg` into `buf`: the bytes read and, when the kernel stamped them, when the
+/// last of them arrived (TCP reports the newest segment's stamp, so a read holding several
+/// frames stamps the earlier ones late, never early).
+fn recv_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    CMSG.with_borrow_mut(|cmsg| {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        let mut at = None;
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                at = Some(UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32));
+            }
+        }
+        Ok((msg.bytes, at))
+    })
 }
 
 async fn write_all(stream: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
@@ -490,10 +529,11 @@ struct Subscriber {
 
 impl Subscriber {
     /// Walks the complete frames at the front of `data`; returns how many bytes they took.
-    fn frames(&mut self, data: &[u8], sh: &Shared) -> usize {
+    fn frames(&mut self, data: &[u8], arrived: Option<SystemTime>, sh: &Shared) -> usize {
         let mut at = 0;
         // One clock read per socket read: the frames in it arrived together.
         let mut now = None;
+        let arrived = arrived.and_then(|t| t.duration_since(sh.start_wall).ok());
         while data.len() - at >= 2 {
             let (b0, b1) = (data[at], data[at + 1]);
             let (len, mut head) = match b1 & 0x7f {
@@ -526,13 +566,13 @@ impl Subscriber {
             }
             let fin = b0 & 0x80 != 0;
             match b0 & 0x0f {
-                0x1 | 0x2 if fin => self.message(payload, &mut now, sh),
+                0x1 | 0x2 if fin => self.message(payload, &mut now, arrived, sh),
                 0x1 | 0x2 => self.fragments = payload.to_vec(),
                 0x0 => {
                     self.fragments.extend_from_slice(payload);
                     if fin {
                         let whole = std::mem::take(&mut self.fragments);
-                        self.message(&whole, &mut now, sh);
+                        self.message(&whole, &mut now, arrived, sh);
                     }
                 }
                 0x8 => {
@@ -552,7 +592,13 @@ impl Subscriber {
         at
     }
 
-    fn message(&mut self, payload: &[u8], now: &mut Option<(Instant, u64)>, sh: &Shared) {
+    fn message(
+        &mut self,
+        payload: &[u8],
+        now: &mut Option<(Instant, u64)>,
+        arrived: Option<Duration>,
+        sh: &Shared,
+    ) {
         // The hot path: a bench event. Found by its timestamp marker, no JSON parsing.
         if let Some(sent) = event_ts(payload, &mut self.ts_at) {
             if sh.counting.get() {
@@ -561,6 +607,12 @@ impl Subscriber {
                     (now, (now - sh.start).as_micros() as u64)
                 });
                 sh.latency.borrow_mut().record(us.saturating_sub(sent));
+                if let Some(arrived) = arrived {
+                    let arrived = arrived.as_micros() as u64;
+                    sh.wire_latency
+                        .borrow_mut()
+                        .record(arrived.saturating_sub(sent));
+                }
                 sh.deliveries.set(sh.deliveries.get() + 1);
                 sh.last_delivery.set(Some(now));
             }
@@ -607,22 +659,26 @@ impl Subscriber {
             }
             // Read after where the carried bytes will go: they are copied in only when data
             // came, since another subscriber uses the buffer while this one waits.
-            let mut rb = ReadBuf::new(&mut buf[c..]);
-            match Pin::new(stream).poll_read(cx, &mut rb) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        return Poll::Ready(Ok(false));
-                    }
-                    buf[..c].copy_from_slice(&self.carry);
-                    let used = self.frames(&buf[..c + n], sh);
-                    self.carry.clear();
-                    self.carry.extend_from_slice(&buf[used..c + n]);
-                    Poll::Ready(Ok(!self.closed))
+            let (n, arrived) = loop {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
                 }
+                match stream.try_io(Interest::READABLE, || recv_stamped(stream, &mut buf[c..])) {
+                    Ok(read) => break read,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(false));
             }
+            buf[..c].copy_from_slice(&self.carry);
+            let used = self.frames(&buf[..c + n], arrived, sh);
+            self.carry.clear();
+            self.carry.extend_from_slice(&buf[used..c + n]);
+            Poll::Ready(Ok(!self.closed))
         })
     }
 }
@@ -642,6 +698,11 @@ async fn subscriber(
             return;
         }
     };
+    if let Err(e) = stamp_arrivals(&stream) {
+        sh.error(format_args!(
+            "SO_TIMESTAMPNS refused ({e}): no arrival latency"
+        ));
+    }
     // Subscribe without waiting for connection_established: it needs no socket id, and the
     // server has it in order after the upgrade either way.
     let sub = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"bench-{channel}"}}}}"#);
@@ -663,7 +724,7 @@ async fn subscriber(
     // Bytes that came with the 101 are parsed like any later read.
     if !s.carry.is_empty() {
         let first = std::mem::take(&mut s.carry);
-        let used = s.frames(&first, &sh);
+        let used = s.frames(&first, None, &sh);
         s.carry = first[used..].to_vec();
     }
     loop {
@@ -1105,6 +1166,8 @@ async fn run(args: Args, ticks: f64) -> bool {
         deliveries: Cell::new(0),
         last_delivery: Cell::new(None),
         latency: RefCell::new(Histogram::new()),
+        wire_latency: RefCell::new(Histogram::new()),
+        start_wall: SystemTime::now(),
         subscribed: RefCell::new(vec![0; args.channels]),
         ready: Cell::new(0),
         failed: Cell::new(0),
@@ -1185,6 +1248,7 @@ async fn run(args: Args, ticks: f64) -> bool {
     let publishes_per_s = ok as f64 / w.publish_secs;
     let deliveries_per_s = got as f64 / delivery_secs;
     let lat = sh.latency.borrow();
+    let wire = sh.wire_latency.borrow();
     let rt = p.round_trip.borrow();
 
     let mode = if args.rate > 0 {
@@ -1212,6 +1276,13 @@ async fn run(args: Args, ticks: f64) -> bool {
         lat.percentile_ms(0.9),
         lat.percentile_ms(0.99),
         lat.percentile_ms(1.0)
+    );
+    println!(
+        "latency ms at arrival: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        wire.percentile_ms(0.5),
+        wire.percentile_ms(0.9),
+        wire.percentile_ms(0.99),
+        wire.percentile_ms(1.0)
     );
     println!(
         "publish round trip ms (request to 200): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
@@ -1295,6 +1366,10 @@ async fn run(args: Args, ticks: f64) -> bool {
         "p90_ms": round3(lat.percentile_ms(0.9)),
         "p99_ms": round3(lat.percentile_ms(0.99)),
         "max_ms": round3(lat.percentile_ms(1.0)),
+        "arrival_p50_ms": round3(wire.percentile_ms(0.5)),
+        "arrival_p90_ms": round3(wire.percentile_ms(0.9)),
+        "arrival_p99_ms": round3(wire.percentile_ms(0.99)),
+        "arrival_max_ms": round3(wire.percentile_ms(1.0)),
         "publish_rtt_p50_ms": round3(rt.percentile_ms(0.5)),
         "publish_rtt_p99_ms": round3(rt.percentile_ms(0.99)),
         "connect_per_s": round3(connect_per_s),
