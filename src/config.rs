@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where `/metrics` is served.
     pub metrics: MetricsConfig,
+    /// How log lines look.
+    pub log: LogConfig,
     /// The MongoDB app registry; without it, apps come from `[[apps]]` alone.
     pub mongodb: Option<MongoConfig>,
     /// Stored events and offline subscriptions.
@@ -163,6 +165,26 @@ impl Default for MetricsConfig {
             port: 9601,
         }
     }
+}
+
+/// `[log]`: the format of log lines on stderr. Which lines: `RUST_LOG` (default `info`;
+/// `debug` adds one line per connection lifecycle event, never one per message).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+/// [`LogConfig::format`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[storage]`: stored events and offline subscriptions (EXTENSIONS.md §1–2). With
@@ -825,6 +847,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("client_event"), "{err}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(from_toml("").unwrap().log.format, LogFormat::Text);
+        let json = from_toml("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
+        let err = from_toml("[log]\nformat = \"yaml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format") && err.contains("yaml"), "{err}");
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl Context {
     ) -> Context {
         let shutdown = shutdown.unwrap_or_default();
         let tracker = TaskTracker::new();
-        let metrics = Arc::new(Metrics::default());
+        // The registry counts deliveries; everything else counts into the same set.
+        let metrics = registry.metrics().clone();
         let Seams {
             membership,
             adapter,

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use pushi::apps::mongo::{Connection, Registry};
 use pushi::apps::{sync, AppStore};
 use pushi::cli::{Args, Command};
+use pushi::config::LogFormat;
 use pushi::storage::embedded::Embedded;
 use pushi::storage::mongo::MongoStore;
 use pushi::Config;
@@ -31,14 +32,19 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("could not start the runtime")?;
     match args.command {
         None | Some(Command::Serve) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            // The config first: it says how log lines look (an error in it is printed by
+            // main's caller, no logger needed).
             let config =
                 pushi::config::load(path.as_deref()).context("could not load the configuration")?;
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            let logs = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match config.log.format {
+                LogFormat::Text => logs.init(),
+                LogFormat::Json => logs.json().init(),
+            }
             runtime.block_on(serve(config, path.as_deref(), &source))
         }
         Some(Command::Apps { json, action }) => {

@@ -139,6 +139,17 @@ async fn slow_consumer_is_disconnected_and_others_get_everything() {
         &json!({"occupied": true, "subscription_count": 1})
     );
     normal.ping_pong().await;
+    // Counted as a full queue, not only as one more 4200.
+    let metrics = server
+        .ctx
+        .metrics
+        .render(&pushi::metrics::Gauges::default());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pushi_queue_full_disconnections_total{app_id=\"1\"} 1"),
+        "{metrics}"
+    );
     eprintln!("slow client dropped after {dropped_at} events of 9 KB");
 }
 

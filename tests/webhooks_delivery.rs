@@ -607,6 +607,17 @@ async fn a_failed_delivery_is_retried_after_about_a_second() {
     );
     // Accepted: not sent a third time.
     rcv.expect_none(Duration::from_millis(1500)).await;
+    // One failed attempt and one accepted batch, in the metrics.
+    let metrics = server
+        .ctx
+        .metrics
+        .render(&pushi::metrics::Gauges::default());
+    for line in [
+        "pushi_webhooks_failed_total 1",
+        "pushi_webhooks_sent_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -54,6 +54,24 @@ enum Route {
     UserEvents(String),
 }
 
+/// The route a request asks for, as a metrics label (a fixed set: never the path itself).
+pub(super) fn route_label(head: &Head<'_>) -> &'static str {
+    let segments: Vec<&str> = head.tail.split('/').collect();
+    match segments.as_slice() {
+        ["events"] => "events",
+        ["batch_events"] => "batch_events",
+        ["channels"] => "channels",
+        ["channels", _] => "channel",
+        ["channels", _, "users"] => "channel_users",
+        ["users", _, "terminate_connections"] => "terminate_connections",
+        ["subscribe"] => "subscribe",
+        ["unsubscribe"] => "unsubscribe",
+        ["users", _, "subscriptions"] => "user_subscriptions",
+        ["users", _, "events"] => "user_events",
+        _ => "other",
+    }
+}
+
 /// A request whose head passed every check; its body is still unread.
 #[derive(Debug)]
 pub(super) struct Authorized {
@@ -116,6 +134,11 @@ pub(super) fn authorize(app: Arc<App>, head: Head<'_>) -> Result<Authorized, Api
 }
 
 impl Authorized {
+    /// Whether the request publishes events (`/events`, `/batch_events`).
+    pub(super) fn is_publish(&self) -> bool {
+        matches!(self.route, Route::Events | Route::BatchEvents)
+    }
+
     /// The largest body a valid request to this route can have: 0 when the head signs no
     /// `body_md5` (a body would fail the check anyway), else room for the events the limits
     /// allow, each with data escaped at the worst case of JSON (`\u00XX`, 6 bytes a byte).

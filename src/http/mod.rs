@@ -26,6 +26,7 @@ pub use error::ApiError;
 use crate::apps::App;
 use crate::auth::RequestError;
 use crate::context::Context;
+use crate::metrics::Gauges;
 
 /// All HTTP routes.
 pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -155,7 +156,11 @@ pub fn metrics_routes(
     ctx: Context,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        let body = ctx.metrics.render(ctx.registry.total_connections());
+        let gauges = Gauges {
+            apps: ctx.registry.gauges(),
+            cluster_up: ctx.cluster.as_ref().map(|node| node.status().state == "ok"),
+        };
+        let body = ctx.metrics.render(&gauges);
         warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
     });
     let up = warp::path!("up")
@@ -223,6 +228,8 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let route = api::route_label(&head);
+    let app_id = app.id.clone();
     let outcome = async {
         let authorized = api::authorize(app, head)?;
         let limit = authorized.body_limit(&ctx.config.limits);
@@ -234,12 +241,21 @@ where
             }),
             other => other,
         })?;
-        authorized.handle(ctx, &body).await
+        let publish = authorized.is_publish();
+        let started = std::time::Instant::now();
+        let value = authorized.handle(ctx, &body).await?;
+        if publish {
+            ctx.metrics.published(started.elapsed());
+        }
+        Ok::<_, ApiError>(value)
     };
-    match outcome.await {
+    let response = match outcome.await {
         Ok(value) => warp::reply::json(&value).into_response(),
         Err(err) => err.into_response(),
-    }
+    };
+    ctx.metrics
+        .http_call(&app_id, route, response.status().as_u16());
+    response
 }
 
 /// Reads the body, refusing (413) past `limit` bytes whether or not a length was announced,

@@ -20,6 +20,7 @@ use tokio::time::{Duration, Instant};
 pub use channel::{Change, SubscribeError};
 pub use conn::{Conn, Control, Frame, Special};
 
+use crate::metrics::Metrics;
 use crate::protocol::message::{self, PresenceMember};
 use crate::protocol::{Close, SocketId, PERSONAL_PREFIX};
 use channel::Channel;
@@ -104,6 +105,8 @@ impl Drop for Staged {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     apps: Arc<DashMap<String, Arc<AppState>>>,
+    /// Where deliveries are counted (once per fan-out, not per connection).
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +198,34 @@ impl Registry {
             .iter()
             .map(|a| a.connections.load(Ordering::Acquire))
             .sum()
+    }
+
+    /// The process's counters (the registry counts what it delivers).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Per app with state on this node: (app id, connections, occupied channels,
+    /// subscriptions), for `/metrics`.
+    pub fn gauges(&self) -> Vec<(String, usize, usize, usize)> {
+        self.apps
+            .iter()
+            .map(|a| {
+                let subscriptions = a.channels.iter().map(|c| c.subscribers.len()).sum();
+                (
+                    a.key().clone(),
+                    a.connections.load(Ordering::Acquire),
+                    a.channels.len(),
+                    subscriptions,
+                )
+            })
+            .collect()
+    }
+
+    fn count_sent(&self, app_id: &str, n: usize, frame: &Frame) {
+        if n > 0 {
+            self.metrics.app(app_id).sent(n, n * frame.len());
+        }
     }
 
     /// Connections the app has on this node.
@@ -573,6 +604,7 @@ impl Registry {
         for conn in &targets {
             conn.send(frame);
         }
+        self.count_sent(app_id, targets.len(), frame);
         targets.len()
     }
 
@@ -589,6 +621,7 @@ impl Registry {
     ) -> usize {
         let targets = self.subscribers(app_id, channel, except);
         let n = targets.len();
+        self.count_sent(app_id, n, frame);
         let workers = tokio::runtime::Handle::try_current()
             .map(|h| h.metrics().num_workers())
             .unwrap_or(1);
@@ -641,7 +674,9 @@ impl Registry {
         frame: &Frame,
         except: Option<SocketId>,
     ) {
-        for conn in self.subscribers(app_id, channel, except) {
+        let targets = self.subscribers(app_id, channel, except);
+        self.count_sent(app_id, targets.len(), frame);
+        for conn in targets {
             conn.send_stored(id, frame.clone());
         }
     }

@@ -29,6 +29,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::apps::App;
 use crate::auth;
 use crate::context::Context;
+use crate::metrics::{AppMetrics, Ended};
 use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
     codes, parse_peer, protocol_version, ChannelKind, ChannelName, ClientMessage, Close, SocketId,
@@ -102,14 +103,19 @@ async fn start(
         Ok(app) => app,
         Err(close) => {
             tracing::debug!(code = close.code, path = %handshake.path, "connection refused");
+            ctx.metrics.refused(close.code);
             close_with(&conn, &mut reader, close).await;
             return None;
         }
     };
     if let Err(close) = ctx.membership.connect(&app, &conn).await {
+        tracing::debug!(code = close.code, app = %app.id, "connection refused");
+        ctx.metrics.refused(close.code);
         close_with(&conn, &mut reader, close).await;
         return None;
     }
+    let stats = ctx.metrics.app(&app.id);
+    stats.connected();
     // Shutdown asks every registered connection to close; one registered after that
     // finds the token cancelled instead.
     if ctx.shutdown.is_cancelled() {
@@ -127,6 +133,7 @@ async fn start(
         subscribes: Bucket::full(burst),
         ctx,
         app,
+        stats,
         socket: socket_id.to_string(),
         conn,
         subscriptions: HashMap::new(),
@@ -358,6 +365,8 @@ struct Session {
     floors: Vec<(String, u64)>,
     ctx: Arc<Context>,
     app: Arc<App>,
+    /// The app's counters, looked up once.
+    stats: Arc<AppMetrics>,
     /// The socket id as clients see it (`conn.socket_id` formatted once).
     socket: String,
     conn: Arc<Conn>,
@@ -491,6 +500,8 @@ impl Session {
     /// Queues replies for the client, after the replies queued before them and ahead of
     /// queued events.
     fn send(&mut self, frames: Vec<Frame>) {
+        let bytes = frames.iter().map(Frame::len).sum();
+        self.stats.sent(frames.len(), bytes);
         for frame in frames {
             self.conn.out.reply(frame);
         }
@@ -512,7 +523,10 @@ impl Session {
                     ReadError::Protocol(_) => Close::PROTOCOL_ERROR,
                 }))
             }
-            Read::Message(Inbound::Text(t)) => self.on_text(&t).await,
+            Read::Message(Inbound::Text(t)) => {
+                self.stats.received(t.len());
+                self.on_text(&t).await
+            }
             Read::Message(Inbound::Binary) => self.error(
                 None,
                 "Binary frames are not supported: send JSON text frames",
@@ -1016,13 +1030,20 @@ impl Session {
     /// Leaves every channel, forgets the connection, and closes the socket the way `end`
     /// says.
     async fn finish(mut self, end: End) {
+        // Counted before the connection leaves the registry, so that a connection count of
+        // zero means its end is in the metrics.
+        let how = match &end {
+            End::Close(close) => Ended::Closed(*close),
+            End::Gone => Ended::Client,
+        };
+        self.stats.disconnected(how);
         self.cleanup().await;
         let socket_id = self.socket_id();
         self.ctx
             .membership
             .disconnect(&self.app.id, socket_id)
             .await;
-        tracing::debug!(socket_id = %self.socket, "disconnected");
+        tracing::debug!(socket_id = %self.socket, ended = ?how, "disconnected");
         match end {
             // Frames the client had not received yet are dropped, so that the error and
             // the close come next (after whatever the socket already holds).

@@ -315,7 +315,10 @@ async fn deliver(
             .send()
             .await;
         let problem = match result {
-            Ok(res) if res.status().is_success() => return,
+            Ok(res) if res.status().is_success() => {
+                metrics.webhook_sent();
+                return;
+            }
             Ok(res) => format!("status {}", res.status()),
             Err(err) => err.to_string(),
         };
@@ -326,6 +329,7 @@ async fn deliver(
                             "webhook given up after retrying for 5 minutes");
             return;
         }
+        metrics.webhook_failed();
         tracing::warn!(url = %d.url, attempt, cause = %problem, retry_in = ?wait, "webhook failed");
         if shutdown.is_cancelled() {
             sleep(SHUTDOWN_RETRY).await;

@@ -144,6 +144,8 @@ pub(crate) fn config_text(overrides: &str) -> String {
 /// An in-process pushi server on a free port; shut down when dropped.
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    /// Where `/metrics` is served (`None` with `[metrics] enabled = false`).
+    pub(crate) metrics_addr: Option<SocketAddr>,
     /// The server's shared context (registry counts for assertions).
     pub(crate) ctx: pushi::server::Context,
     shutdown: Option<oneshot::Sender<()>>,
@@ -191,6 +193,7 @@ impl TestServer {
         }
         let server = builder.bind().await.expect("bind port 0");
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let ctx = server.context().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {
@@ -198,6 +201,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            metrics_addr,
             ctx,
             shutdown: Some(tx),
             handle: Some(handle),

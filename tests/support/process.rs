@@ -404,6 +404,10 @@ pub(crate) fn listening_addr(stderr: &str) -> Option<SocketAddr> {
 /// colour codes ignored.
 pub(crate) fn listening_field(stderr: &str, name: &str) -> Option<String> {
     let line = stderr.lines().find(|l| l.contains("pushi listening"))?;
+    // `[log] format = "json"`: the fields are an object.
+    if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) {
+        return obj.get("fields")?.get(name)?.as_str().map(str::to_string);
+    }
     let plain = strip_ansi(line);
     let prefix = format!("{name}=");
     plain
