@@ -44,6 +44,8 @@ pub struct AppMetrics {
     socket_transmitted_bytes: AtomicU64,
     /// Closed for a full queue (4200 also ends terminated and drained connections).
     queue_full: AtomicU64,
+    /// HTTP API calls by (route, status): found without allocating, per request.
+    http: DashMap<(&'static str, u16), AtomicU64>,
     /// By close code (`None`: the client's end); touched once per connection, at its end.
     disconnections: Mutex<BTreeMap<Option<u16>, u64>>,
 }
@@ -128,8 +130,6 @@ pub struct Gauges {
 #[derive(Debug, Default)]
 pub struct Metrics {
     apps: DashMap<String, Arc<AppMetrics>>,
-    /// HTTP API calls by (app id, route, status).
-    http: DashMap<(String, &'static str, u16), AtomicU64>,
     /// Connections refused before admission, by close code (no app label: the app id of a
     /// refused connection is whatever the client put in the URL).
     refused: DashMap<u16, AtomicU64>,
@@ -158,12 +158,13 @@ impl Metrics {
 
     /// An HTTP API call to an existing app was answered with `status`.
     pub fn http_call(&self, app_id: &str, route: &'static str, status: u16) {
-        if let Some(c) = self.http.get(&(app_id.to_string(), route, status)) {
+        let app = self.app(app_id);
+        if let Some(c) = app.http.get(&(route, status)) {
             c.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.http
-            .entry((app_id.to_string(), route, status))
+        app.http
+            .entry((route, status))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -324,18 +325,17 @@ impl Metrics {
             "counter",
             "HTTP API calls to existing apps, by route and status.",
         );
-        let mut calls: Vec<((String, &'static str, u16), u64)> = self
-            .http
-            .iter()
-            .map(|e| (e.key().clone(), load(e.value())))
-            .collect();
-        calls.sort();
-        for ((app, route, status), n) in calls {
-            let _ = writeln!(
-                out,
-                "pushi_http_calls_received_total{{app_id=\"{}\",route=\"{route}\",status=\"{status}\"}} {n}",
-                esc(&app)
-            );
+        for (app, m) in &apps {
+            let mut calls: Vec<((&str, u16), u64)> =
+                m.http.iter().map(|e| (*e.key(), load(e.value()))).collect();
+            calls.sort();
+            for ((route, status), n) in calls {
+                let _ = writeln!(
+                    out,
+                    "pushi_http_calls_received_total{{app_id=\"{}\",route=\"{route}\",status=\"{status}\"}} {n}",
+                    esc(app)
+                );
+            }
         }
 
         head(
