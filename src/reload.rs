@@ -52,6 +52,7 @@ pub fn reload(
             "metrics",
             section(&running.metrics) != section(&next.metrics),
         ),
+        ("log", section(&running.log) != section(&next.log)),
         (
             "mongodb",
             section(&running.mongodb) != section(&next.mongodb),
