@@ -43,6 +43,16 @@ async fn ready_status(node: &ServerProcess) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The sample lines of `node`'s `/metrics`.
+async fn metrics(node: &ServerProcess) -> Vec<String> {
+    let url = node.metrics_url.as_deref().expect("metrics on");
+    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Polls `/ready` until it answers `want` (bounded).
 async fn wait_ready(node: &ServerProcess, want: u16, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
@@ -203,6 +213,14 @@ async fn a_redis_outage_degrades_each_node_and_recovers_by_itself() {
     let mut late = support::process::connect_raw_at(a.addr).await;
     let why = late.expect_fatal(4100).await;
     assert!(why.contains("cluster"), "{why}");
+    // The same state at /metrics, with the refusal counted.
+    let m = metrics(&a).await;
+    for line in [
+        "pushi_cluster_redis_up 0",
+        "pushi_refused_connections_total{code=\"4100\"} 1",
+    ] {
+        assert!(m.iter().any(|l| l == line), "{line} in {m:?}");
+    }
     // Presence needs the cluster's members: refused with 503; the connection stays.
     let other = unique("presence-x-");
     let data = member("ua");
@@ -215,6 +233,10 @@ async fn a_redis_outage_degrades_each_node_and_recovers_by_itself() {
     redis.restart();
     wait_ready(&a, 200, Duration::from_secs(15)).await;
     wait_ready(&b, 200, Duration::from_secs(15)).await;
+    assert!(metrics(&a)
+        .await
+        .iter()
+        .any(|l| l == "pushi_cluster_redis_up 1"));
     a.logged("cluster: cut off from Redis", 1, Duration::from_secs(1))
         .await;
     a.logged("cluster: rejoined", 1, Duration::from_secs(1))
