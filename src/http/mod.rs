@@ -229,7 +229,7 @@ where
     B: Buf,
 {
     let route = api::route_label(&head);
-    let app_id = app.id.clone();
+    let counted = app.clone();
     let outcome = async {
         let authorized = api::authorize(app, head)?;
         let limit = authorized.body_limit(&ctx.config.limits);
@@ -254,7 +254,7 @@ where
         Err(err) => err.into_response(),
     };
     ctx.metrics
-        .http_call(&app_id, route, response.status().as_u16());
+        .http_call(&counted.id, route, response.status().as_u16());
     response
 }
 
