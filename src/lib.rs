@@ -29,6 +29,7 @@
 //! - [`http`]: health checks and the signed HTTP API (warp).
 //! - [`webhooks`]: debounced, batched, signed webhook deliveries with retries.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`tls`]: the server certificate, reloaded when its files change.
 //! - [`reload`]: live app changes applied to sockets; SIGHUP reload of `[[apps]]`.
 //! - [`server`]: the listener, shared context and ordered shutdown.
 
@@ -50,6 +51,7 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls;
 pub mod webhooks;
 pub mod wire;
 
