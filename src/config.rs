@@ -84,6 +84,19 @@ pub struct ServerConfig {
     pub max_request_head_kb: usize,
     /// Seconds a WebSocket may accept no bytes while frames wait for it before it is closed.
     pub write_timeout: u64,
+    /// Native TLS on the same port (`wss://`, `https://`); without it the port speaks
+    /// plain `ws://` and `http://`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate chain and key, PEM files re-read when they change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (`fullchain.pem` from Let's Encrypt).
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +114,7 @@ impl Default for ServerConfig {
             max_pending_connections: 1024,
             max_request_head_kb: 16,
             write_timeout: 30,
+            tls: None,
         }
     }
 }
@@ -719,6 +733,13 @@ impl Config {
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            for (name, value) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if value.trim().is_empty() {
+                    problems.push(format!("{name}: must name a PEM file"));
+                }
             }
         }
         // hyper needs room for at least one 8 KiB read.

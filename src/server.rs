@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,8 +27,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
@@ -38,12 +40,15 @@ pub use crate::context::Context;
 use crate::protocol::Close;
 use crate::registry::Registry;
 use crate::storage::Storage;
+use crate::tls::{self, Certs, TlsError};
 
 /// A bound, not yet running server.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    /// `[server.tls]`: the certificate every handshake gets.
+    tls: Option<Arc<Certs>>,
     ctx: Context,
 }
 
@@ -155,6 +160,9 @@ pub enum BindError {
     /// The node could not join its cluster.
     #[error(transparent)]
     Cluster(#[from] StartError),
+    /// `[server.tls]` names files that do not make a usable certificate.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Pending connections the kernel queues for `accept`. The default (128) drops connects
@@ -234,9 +242,14 @@ impl Server {
             true => Some(bind_one("metrics.host:metrics.port", &m.host, m.port).await?),
             false => None,
         };
+        let tls = match &s.tls {
+            Some(t) => Some(Certs::load(Path::new(&t.cert), Path::new(&t.key))?),
+            None => None,
+        };
         Ok(Server {
             listener,
             metrics,
+            tls,
             ctx,
         })
     }
@@ -263,8 +276,14 @@ impl Server {
         let Server {
             listener,
             metrics,
+            tls,
             ctx,
         } = self;
+        let acceptor = tls.as_ref().map(|certs| {
+            ctx.tracker
+                .spawn(watch_certificates(certs.clone(), ctx.shutdown.clone()));
+            TlsAcceptor::from(certs.server_config())
+        });
         if let Some(metrics) = metrics {
             let routes = crate::http::metrics_routes(ctx.clone());
             ctx.tracker
@@ -315,26 +334,30 @@ impl Server {
                 }
             });
             let token = ctx.shutdown.clone();
-            let conn = http
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
+            let http = http.clone();
+            let acceptor = acceptor.clone();
+            let handshake_timeout = Duration::from_secs(ctx.config.server.http_header_timeout);
             ctx.tracker.spawn(async move {
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    // Too many pending connections: this one was the oldest.
-                    _ = evicted.cancelled() => {}
-                    // A connection still without a complete first head is dropped: hyper
-                    // would wait for the rest of it. Idle keep-alive connections close at
-                    // once in graceful_shutdown; a request being answered finishes first.
-                    _ = token.cancelled() => {
-                        if started.is_done() {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
+                let Some(acceptor) = acceptor else {
+                    let io = TokioIo::new(stream);
+                    return serve_http(http, io, svc, evicted, token, started).await;
+                };
+                // The handshake counts against the head timeout and the pending bound.
+                let accepting = async {
+                    if !starts_tls(&stream).await {
+                        refuse_plain(stream).await;
+                        return None;
                     }
+                    acceptor.accept(stream).await.ok()
+                };
+                let tls = tokio::select! {
+                    tls = tokio::time::timeout(handshake_timeout, accepting) => tls.ok().flatten(),
+                    _ = evicted.cancelled() => None,
+                    _ = token.cancelled() => None,
+                };
+                if let Some(tls) = tls {
+                    serve_http(http, TokioIo::new(tls), svc, evicted, token, started).await;
                 }
-                drop(started);
             });
         }
         drop(listener);
@@ -360,6 +383,103 @@ impl Server {
             node.goodbye().await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Serves one HTTP/1 connection (plain or TLS) until it ends, is evicted as the oldest
+/// pending one, or shutdown closes it.
+async fn serve_http<I, S>(
+    http: http1::Builder,
+    io: I,
+    svc: S,
+    evicted: CancellationToken,
+    token: CancellationToken,
+    started: Arc<PendingGuard>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = http.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Too many pending connections: this one was the oldest.
+        _ = evicted.cancelled() => {}
+        // A connection still without a complete first head is dropped: hyper would wait
+        // for the rest of it. Idle keep-alive connections close at once in
+        // graceful_shutdown; a request being answered finishes first.
+        _ = token.cancelled() => {
+            if started.is_done() {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+    drop(started);
+}
+
+/// Whether the client's first byte opens a TLS handshake (a record of type 22). Anything
+/// else on the TLS port is a plain-text client.
+async fn starts_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// Answers a plain-text request on the TLS port with a 400 that says what to use instead
+/// (a browser or SDK pointed at `ws://`/`http://` by mistake sees why), then closes.
+async fn refuse_plain(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"This port speaks TLS: connect with wss:// or https://"}"#;
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Re-reads the certificate files when they change (checked every [`tls::CHECK_EVERY`])
+/// and on SIGHUP, until shutdown. A broken renewal is logged and the running certificate
+/// stays.
+async fn watch_certificates(certs: Arc<Certs>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut every = tokio::time::interval(tls::CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => false,
+            _ = hangup => true,
+        };
+        let result = if forced {
+            certs.reload().map(|()| true)
+        } else {
+            certs.reload_if_changed()
+        };
+        match result {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!("TLS certificate not reloaded, the running one stays: {err}")
+            }
+        }
     }
 }
 

@@ -65,6 +65,19 @@ impl Conn {
         })
     }
 
+    /// A connection over TLS (handshake done): its frames are encrypted on their way out.
+    pub fn new_tls(
+        socket_id: SocketId,
+        socket: TcpStream,
+        tls: Box<rustls::ServerConnection>,
+        capacity: usize,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            socket_id,
+            out: Outlet::new_tls(socket, tls, capacity),
+        })
+    }
+
     /// Delivers a frame: written at once when the connection keeps up, queued otherwise. A
     /// full queue means the client is not keeping up: the frame is dropped and the session
     /// is asked to close with [`Close::TOO_SLOW`], so memory per connection stays bounded.

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::apps::App;
@@ -37,7 +36,7 @@ use crate::protocol::{
 };
 use crate::publish::{Data, Publication, Sender};
 use crate::registry::{Change, Conn, Control, Frame, Special, SubscribeError};
-use crate::session::Handshake;
+use crate::session::{Handshake, Link};
 use crate::storage::{self, StoreError};
 use crate::webhooks::Event;
 use crate::wire::{Inbound, Outlet, ReadError, Reader, Written};
@@ -66,12 +65,12 @@ enum End {
 /// done: a task is as large as the largest state it can be in, and an async fn keeps its
 /// arguments for its whole life (hence a plain fn returning a future that holds one box).
 pub fn run(
-    socket: TcpStream,
+    link: Link,
     initial: Bytes,
     ctx: Arc<Context>,
     handshake: Box<Handshake>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let start = Box::pin(start(socket, initial, ctx, handshake));
+    let start = Box::pin(start(link, initial, ctx, handshake));
     async move {
         let Some(mut session) = start.await else {
             return;
@@ -84,7 +83,7 @@ pub fn run(
 /// Admission: the app, the protocol, the quota. A session, or `None` when the connection
 /// was refused (and closed).
 async fn start(
-    socket: TcpStream,
+    link: Link,
     initial: Bytes,
     ctx: Arc<Context>,
     handshake: Box<Handshake>,
@@ -94,11 +93,11 @@ async fn start(
     // A slice of hyper's read buffer keeps all of it: let go of it now.
     drop(initial);
     let socket_id = ctx.next_socket_id();
-    let conn = Conn::new(
-        socket_id,
-        Some(socket),
-        ctx.config.server.max_queued_messages,
-    );
+    let capacity = ctx.config.server.max_queued_messages;
+    let conn = match link {
+        Link::Plain(socket) => Conn::new(socket_id, Some(socket), capacity),
+        Link::Tls(socket, tls) => Conn::new_tls(socket_id, socket, tls, capacity),
+    };
     let app = match admit(&ctx, &handshake).await {
         Ok(app) => app,
         Err(close) => {
@@ -178,11 +177,12 @@ async fn close_with(conn: &Conn, reader: &mut Reader, close: Close) {
     if let Ok(Ok(())) = timeout(CLOSE_GRACE, flush(&conn.out)).await {
         // Read until the client answers the close, so the close frame is not lost to a
         // reset (unread bytes at close make the kernel send RST).
-        let Some(socket) = conn.out.socket() else {
+        let out = &conn.out;
+        if out.socket().is_none() {
             return;
-        };
+        }
         let _ = timeout(CLOSE_GRACE, async {
-            while let Read::Message(msg) = poll_fn(|cx| poll_read(socket, reader, cx)).await {
+            while let Read::Message(msg) = poll_fn(|cx| poll_read(out, reader, cx)).await {
                 if matches!(msg, Inbound::Close(_)) {
                     break;
                 }
@@ -214,24 +214,32 @@ enum Read {
 }
 
 /// Reads client bytes until a whole message is parsed or the socket has no more for now.
-fn poll_read(socket: &TcpStream, reader: &mut Reader, cx: &mut TaskContext<'_>) -> Poll<Read> {
+fn poll_read(out: &Outlet, reader: &mut Reader, cx: &mut TaskContext<'_>) -> Poll<Read> {
+    let Some(socket) = out.socket() else {
+        return Poll::Pending;
+    };
     loop {
         match reader.message() {
             Ok(Some(msg)) => return Poll::Ready(Read::Message(msg)),
             Err(err) => return Poll::Ready(Read::Bad(err)),
             Ok(None) => {}
         }
+        // Read before waiting: over TLS, plaintext may already wait in rustls. On a plain
+        // socket that is not readable, tokio answers WouldBlock without a syscall.
+        let mut chunk = [0u8; READ_CHUNK];
+        match out.read(&mut chunk) {
+            Ok(0) => return Poll::Ready(Read::Gone),
+            Ok(n) => {
+                reader.feed(&chunk[..n]);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(Read::Gone),
+        }
         match socket.poll_read_ready(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(_)) => return Poll::Ready(Read::Gone),
             Poll::Ready(Ok(())) => {}
-        }
-        let mut chunk = [0u8; READ_CHUNK];
-        match socket.try_read(&mut chunk) {
-            Ok(0) => return Poll::Ready(Read::Gone),
-            Ok(n) => reader.feed(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Poll::Ready(Read::Gone),
         }
     }
 }
@@ -317,11 +325,9 @@ fn poll_io(
             Poll::Ready(Err(_)) => return Poll::Ready(Io::WriteFailed),
         }
     }
-    if conn.out.replies_waiting() < READ_PAUSE {
-        if let Some(socket) = conn.out.socket() {
-            if let Poll::Ready(read) = poll_read(socket, reader, cx) {
-                return Poll::Ready(Io::Inbound(read));
-            }
+    if conn.out.replies_waiting() < READ_PAUSE && conn.out.socket().is_some() {
+        if let Poll::Ready(read) = poll_read(&conn.out, reader, cx) {
+            return Poll::Ready(Io::Inbound(read));
         }
     }
     Poll::Pending

@@ -20,6 +20,7 @@ use hyper::header::{
 use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 pub use handler::run;
@@ -41,6 +42,15 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Largest frame accepted from a client: room for the largest event plus its envelope.
 pub fn transport_cap(ctx: &Context) -> usize {
     (ctx.config.limits.max_event_payload_kb * 1024 * 4).max(64 * 1024)
+}
+
+/// The connection under a WebSocket: a plain socket, or a socket and its TLS state (the
+/// handshake done).
+pub enum Link {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://` (boxed: rustls's state is over a kilobyte).
+    Tls(TcpStream, Box<rustls::ServerConnection>),
 }
 
 /// What the session needs from the upgrade request.
@@ -114,14 +124,22 @@ pub fn upgrade(req: Request<Incoming>, ctx: Arc<Context>) -> warp::reply::Respon
             Ok(upgraded) => upgraded,
             Err(err) => return tracing::debug!(cause = %err, "websocket upgrade failed"),
         };
-        // The server serves every connection as `TokioIo<TcpStream>` (see `server`), so the
-        // upgraded connection is that socket, plus any bytes hyper read past the request
-        // head.
-        let (socket, initial) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => return tracing::error!("websocket upgrade on a connection that is not TCP"),
+        // The server serves every connection as `TokioIo<TcpStream>` or, with TLS, as
+        // `TokioIo<TlsStream<TcpStream>>` (see `server`), so the upgraded connection is that
+        // socket (and its rustls state), plus any bytes hyper read past the request head.
+        let (link, initial) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Link::Plain(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let (socket, tls) = parts.io.into_inner().into_inner();
+                    (Link::Tls(socket, Box::new(tls)), parts.read_buf)
+                }
+                Err(_) => {
+                    return tracing::error!("websocket upgrade on a connection that is not TCP")
+                }
+            },
         };
-        run(socket, initial, ctx, handshake).await;
+        run(link, initial, ctx, handshake).await;
     };
     tracker.spawn(fut);
     let mut res = warp::reply::Response::default();

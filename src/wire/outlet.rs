@@ -17,12 +17,18 @@
 //! 4200-range [`Close::TOO_SLOW`] and is dropped, so a slow reader costs bounded memory.
 //!
 //! The lock is per connection (never global) and held for at most one non-blocking syscall.
+//!
+//! TLS: a `wss://` connection's rustls state lives under the same lock. Frames are
+//! encrypted into it as they are written, and ciphertext the socket has not taken waits in
+//! it, ahead of everything queued (the socket counts as full until it is sent). The session
+//! reads through it too ([`Outlet::read`]).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use rustls::ServerConnection;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -83,6 +89,9 @@ struct State {
     waker: Option<Waker>,
     /// Bytes the socket accepted, for the write timeout.
     written: u64,
+    /// A TLS connection's rustls state: frames are encrypted into it under this lock, and
+    /// ciphertext the socket has not taken yet waits in it (ahead of anything queued).
+    tls: Option<Box<ServerConnection>>,
 }
 
 impl State {
@@ -93,7 +102,10 @@ impl State {
     }
 
     fn clear(&self) -> bool {
-        self.partial.is_none() && self.replies.is_empty() && self.queue.is_empty()
+        self.partial.is_none()
+            && self.replies.is_empty()
+            && self.queue.is_empty()
+            && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Drops `n` written bytes from the front: partial frame, replies, queued frames.
@@ -151,6 +163,57 @@ fn send(socket: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     })
 }
 
+/// Writes `iov` through TLS: ciphertext still waiting goes first (nothing is encrypted
+/// while it cannot: that is the socket being full), then the frames are encrypted and as
+/// much ciphertext as the socket takes is sent; the rest waits in rustls. Returns the
+/// plaintext bytes taken.
+fn send_tls(
+    socket: &TcpStream,
+    tls: &mut ServerConnection,
+    iov: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    push_tls(socket, tls)?;
+    let n = tls.writer().write_vectored(iov)?;
+    match push_tls(socket, tls) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(n)
+}
+
+/// Sends the ciphertext rustls holds; `WouldBlock` when the socket does not take all of it.
+fn push_tls(socket: &TcpStream, tls: &mut ServerConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(&mut SocketIo(socket))?;
+    }
+    Ok(())
+}
+
+/// A `TcpStream` as a blocking-style `Read`/`Write` for rustls, over tokio's non-blocking
+/// `try_*` calls (which clear readiness on `WouldBlock`, so the next poll waits for it).
+struct SocketIo<'a>(&'a TcpStream);
+
+impl io::Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.0, &[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send(self.0, bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
 /// The write side of one connection. See the module header.
 #[derive(Debug)]
 pub struct Outlet {
@@ -167,6 +230,55 @@ impl Outlet {
             socket,
             capacity,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// An outlet over a TLS connection whose handshake is done: frames are encrypted with
+    /// `tls` on their way to `socket`.
+    pub fn new_tls(socket: TcpStream, tls: Box<ServerConnection>, capacity: usize) -> Outlet {
+        let state = State {
+            tls: Some(tls),
+            ..State::default()
+        };
+        Outlet {
+            socket: Some(socket),
+            capacity,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Reads client bytes into `buf`: straight from the socket, or through TLS (plaintext
+    /// rustls holds first). `WouldBlock` when there is nothing for now; `Ok(0)` at the end.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(socket) = &self.socket else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let mut st = self.lock();
+        let Some(tls) = st.tls.as_deref_mut() else {
+            drop(st);
+            return socket.try_read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // rustls: no plaintext buffered (and the peer has not closed).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut SocketIo(socket))? == 0 {
+                return Ok(0);
+            }
+            let state = tls
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            // What TLS itself has to say back (a key update, an alert) goes out now, or
+            // with the next write.
+            if state.tls_bytes_to_write() > 0 {
+                match push_tls(socket, tls) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -190,7 +302,12 @@ impl Outlet {
         }
         if let Some(socket) = &self.socket {
             if !st.held && st.clear() {
-                match send(socket, &[IoSlice::new(frame.as_bytes())]) {
+                let iov = [IoSlice::new(frame.as_bytes())];
+                let sent = match st.tls.as_deref_mut() {
+                    Some(tls) => send_tls(socket, tls, &iov),
+                    None => send(socket, &iov),
+                };
+                match sent {
                     Ok(n) if n == frame.len() => {
                         st.written += n as u64;
                         return;
@@ -373,6 +490,15 @@ impl Outlet {
                 }
             }
             if n == 0 {
+                if let (Some(socket), Some(tls)) = (&self.socket, st.tls.as_deref_mut()) {
+                    match push_tls(socket, tls) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Drained::SocketFull)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 return Ok(match st.queue.front() {
                     Some(Queued::Special(_)) => Drained::UpToSpecial,
                     _ => Drained::All,
@@ -381,7 +507,11 @@ impl Outlet {
             let Some(socket) = &self.socket else {
                 return Ok(Drained::SocketFull);
             };
-            match send(socket, &iov[..n]) {
+            let sent = match st.tls.as_deref_mut() {
+                Some(tls) => send_tls(socket, tls, &iov[..n]),
+                None => send(socket, &iov[..n]),
+            };
+            match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => st.advance(w),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Drained::SocketFull),
