@@ -219,6 +219,8 @@ impl io::Read for SocketIo<'_> {
 pub struct Outlet {
     /// `None` for connections without a socket (unit tests): everything queues.
     socket: Option<TcpStream>,
+    /// Whether `state` holds a TLS state (fixed at creation: plain reads skip the lock).
+    tls: bool,
     capacity: usize,
     state: Mutex<State>,
 }
@@ -228,6 +230,7 @@ impl Outlet {
     pub fn new(socket: Option<TcpStream>, capacity: usize) -> Outlet {
         Outlet {
             socket,
+            tls: false,
             capacity,
             state: Mutex::new(State::default()),
         }
@@ -242,6 +245,7 @@ impl Outlet {
         };
         Outlet {
             socket: Some(socket),
+            tls: true,
             capacity,
             state: Mutex::new(state),
         }
@@ -253,9 +257,11 @@ impl Outlet {
         let Some(socket) = &self.socket else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
+        if !self.tls {
+            return socket.try_read(buf);
+        }
         let mut st = self.lock();
         let Some(tls) = st.tls.as_deref_mut() else {
-            drop(st);
             return socket.try_read(buf);
         };
         loop {
