@@ -190,20 +190,25 @@ mod tests {
         d
     }
 
+    /// Writes a fresh self-signed pair for `name` as `d/cert.pem` and `d/key.pem`; returns
+    /// their paths.
+    fn write_pair(d: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+        let (c, k) = self_signed(name);
+        std::fs::write(&cert, c).unwrap();
+        std::fs::write(&key, k).unwrap();
+        (cert, key)
+    }
+
     #[test]
     fn loads_a_pair_and_swaps_it_when_the_files_change() {
         let d = dir();
-        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
-        let (c1, k1) = self_signed("one.test");
-        std::fs::write(&cert, &c1).unwrap();
-        std::fs::write(&key, &k1).unwrap();
+        let (cert, key) = write_pair(&d, "one.test");
         let certs = Certs::load(&cert, &key).expect("a valid pair");
         let first = certs.current();
         assert!(!certs.reload_if_changed().unwrap(), "nothing changed");
 
-        let (c2, k2) = self_signed("two.test");
-        std::fs::write(&cert, &c2).unwrap();
-        std::fs::write(&key, &k2).unwrap();
+        write_pair(&d, "two.test");
         // Some filesystems keep whole-second times: make the change visible.
         let later = SystemTime::now() + Duration::from_secs(2);
         for p in [&cert, &key] {
@@ -216,15 +221,13 @@ mod tests {
         }
         assert!(certs.reload_if_changed().unwrap(), "a renewal is picked up");
         assert_ne!(certs.current().cert[0], first.cert[0]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn bad_files_name_the_key_and_keep_the_running_certificate() {
         let d = dir();
-        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
-        let (c1, k1) = self_signed("one.test");
-        std::fs::write(&cert, &c1).unwrap();
-        std::fs::write(&key, &k1).unwrap();
+        let (cert, key) = write_pair(&d, "one.test");
         let certs = Certs::load(&cert, &key).unwrap();
         let running = certs.current();
 
@@ -254,5 +257,6 @@ mod tests {
         std::fs::write(&cert, "garbage").unwrap();
         assert!(certs.reload().is_err());
         assert_eq!(certs.current().cert[0], running.cert[0]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -76,6 +76,12 @@ async fn start() -> Tls {
     }
 }
 
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
 
 impl Tls {
