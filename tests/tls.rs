@@ -265,6 +265,65 @@ async fn a_renewed_certificate_is_served_without_dropping_connections() {
     assert_eq!(next_json(&mut kept).await["event"], "pusher:pong");
 }
 
+/// A WebSocket upgrade over a raw TLS stream, so that how the stream ends can be seen.
+async fn upgraded(tls: &Tls, key: &str) -> TlsStream<TcpStream> {
+    let mut s = tls.tls().await;
+    let req = format!(
+        "GET /app/{key}?protocol=7 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads to the end: `Ok` only when the server ended TLS with `close_notify` (rustls calls
+/// an end without it an unexpected EOF).
+async fn read_to_close_notify(s: &mut TlsStream<TcpStream>) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut rest))
+        .await
+        .expect("the server ends the connection")
+        .expect("TLS ended with close_notify");
+    rest
+}
+
+#[tokio::test]
+async fn tls_connections_end_with_close_notify() {
+    let tls = start().await;
+    // The server closes (unknown app): error, close frame 4001, then close_notify.
+    let mut refused = upgraded(&tls, "no-such-key").await;
+    let rest = read_to_close_notify(&mut refused).await;
+    // A close frame: 0x88, a payload length under 126, then the code.
+    let close = rest
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[1] < 126 && u16::from_be_bytes([w[2], w[3]]) == 4001);
+    assert!(close, "a close frame with 4001 before the end: {rest:?}");
+    // The client closes: the server echoes the close frame, then close_notify.
+    let mut s = upgraded(&tls, KEY).await;
+    let mut first = [0u8; 2];
+    // connection_established's header: the session is up.
+    s.read_exact(&mut first).await.unwrap();
+    // A masked close frame with code 1000 (mask 0: the payload is sent as is).
+    s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+        .await
+        .unwrap();
+    let rest = read_to_close_notify(&mut s).await;
+    assert!(
+        rest.windows(4).any(|w| w == [0x88, 0x02, 0x03, 0xe8]),
+        "the echoed close frame before the end"
+    );
+}
+
 fn peer_cert(s: &TlsStream<TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }

@@ -87,20 +87,26 @@ class Client:
     level makes subscription confirmations race-free.
     """
 
-    def __init__(self, key=KEY, secret=SECRET, user_data=None, port=PORT):
-        """`port`: the node to connect to (PORT_B for node B; default node A)."""
+    def __init__(self, key=KEY, secret=SECRET, user_data=None, port=PORT, ca=None):
+        """`port`: the node to connect to (PORT_B for node B; default node A).
+
+        `ca`: a CA file: connect over wss:// to localhost, trusting that CA.
+        """
         self.frames = queue.Queue()
         self.errors = queue.Queue()
         self.pusher = pysher.Pusher(
             key,
-            custom_host=HOST,
+            custom_host="localhost" if ca else HOST,
             port=port,
-            secure=False,
+            secure=bool(ca),
             secret=secret,
             user_data=user_data,
             log_level=logging.WARNING,
         )
         conn = self.pusher.connection
+        if ca:
+            # websocket-client's run_forever options, which pysher passes on.
+            conn.socket_kwargs["sslopt"] = {"ca_certs": ca}
         original = conn.event_handler
 
         def record(event, data, channel):

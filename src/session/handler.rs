@@ -189,6 +189,7 @@ async fn close_with(conn: &Conn, reader: &mut Reader, close: Close) {
             }
         })
         .await;
+        out.close_notify();
     }
 }
 
@@ -546,7 +547,9 @@ impl Session {
                 // clean close, then end.
                 self.conn.out.seal();
                 self.conn.out.reply(Frame::close(code.unwrap_or(1000), ""));
-                let _ = timeout(CLOSE_GRACE, flush(&self.conn.out)).await;
+                if let Ok(Ok(())) = timeout(CLOSE_GRACE, flush(&self.conn.out)).await {
+                    self.conn.out.close_notify();
+                }
                 Err(End::Gone)
             }
             Read::Message(Inbound::Pong) => Ok(()),

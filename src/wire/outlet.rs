@@ -394,6 +394,22 @@ impl Outlet {
         st.queue = VecDeque::new();
     }
 
+    /// Ends a TLS connection's writing with a `close_notify` alert, sent as far as the
+    /// socket takes it now (the connection is about to be dropped: nothing waits for it).
+    /// Without it a client sees the TLS stream cut, which some report as a truncation
+    /// attack rather than a close. Plain connections have nothing to do.
+    pub fn close_notify(&self) {
+        let Some(socket) = &self.socket else { return };
+        if !self.tls {
+            return;
+        }
+        let mut st = self.lock();
+        if let Some(tls) = st.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = push_tls(socket, tls);
+        }
+    }
+
     /// Bytes the socket accepted so far.
     pub fn written(&self) -> u64 {
         self.lock().written
