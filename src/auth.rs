@@ -36,6 +36,37 @@ pub fn verify(secret: &str, message: &[u8], signature_hex: &str) -> bool {
     m.verify_slice(&sig).is_ok()
 }
 
+/// What a debug console token signs: the app and the expiry (unix seconds).
+fn console_message(app_id: &str, expires: u64) -> String {
+    format!("pushi-console\n{app_id}\n{expires}")
+}
+
+/// A debug console token for `app_id`, valid until `expires` (unix seconds):
+/// `expires.signature`, signed with the app secret, so any node with the app can check it
+/// and rotating the secret ends every console session.
+pub fn console_token(secret: &str, app_id: &str, expires: u64) -> String {
+    let sig = sign(secret, console_message(app_id, expires).as_bytes());
+    format!("{expires}.{sig}")
+}
+
+/// Whether `token` is a console token for `app_id` that has not expired at `now`.
+pub fn verify_console_token(secret: &str, app_id: &str, token: &str, now: u64) -> bool {
+    let Some((expires, sig)) = token.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<u64>() else {
+        return false;
+    };
+    expires > now && verify(secret, console_message(app_id, expires).as_bytes(), sig)
+}
+
+/// Whether `given` is the app secret, compared in constant time (both are turned into a
+/// MAC first, so neither their contents nor their lengths show in the timing).
+pub fn is_secret(secret: &str, given: &str) -> bool {
+    let probe = b"pushi-console-login";
+    verify(secret, probe, &sign(given, probe))
+}
+
 /// Lowercase hex MD5 of a request body.
 pub fn md5_hex(body: &[u8]) -> String {
     hex::encode(Md5::digest(body))
@@ -387,5 +418,25 @@ mod tests {
             verify_token("k", "s", "no-colon", "m"),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn console_tokens_are_bound_to_app_secret_and_time() {
+        let t = console_token("s", "1", 100);
+        assert!(verify_console_token("s", "1", &t, 99));
+        assert!(!verify_console_token("s", "1", &t, 100), "expired");
+        assert!(!verify_console_token("s", "2", &t, 99), "another app");
+        assert!(
+            !verify_console_token("rotated", "1", &t, 99),
+            "another secret"
+        );
+        let later = t.replacen("100.", "200.", 1);
+        assert!(
+            !verify_console_token("s", "1", &later, 99),
+            "expiry is signed"
+        );
+        assert!(!verify_console_token("s", "1", "garbage", 0));
+        assert!(is_secret("s3cret", "s3cret"));
+        assert!(!is_secret("s3cret", "s3cre"));
     }
 }

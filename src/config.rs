@@ -40,6 +40,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How log lines look.
     pub log: LogConfig,
+    /// The debug console at `/console` (off by default).
+    pub console: ConsoleConfig,
     /// The MongoDB app registry; without it, apps come from `[[apps]]` alone.
     pub mongodb: Option<MongoConfig>,
     /// Stored events and offline subscriptions.
@@ -188,6 +190,15 @@ impl Default for MetricsConfig {
 pub struct LogConfig {
     /// `text` (default) or `json` (one JSON object per line, for log shippers).
     pub format: LogFormat,
+}
+
+/// `[console]`: the debug console, a web page at `/console` on the server's port where
+/// whoever has an app's id and secret watches that app live and publishes to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve it at all (off by default: `/console` is then a 404 like any unknown path).
+    pub enabled: bool,
 }
 
 /// [`LogConfig::format`].

@@ -15,6 +15,7 @@ use crate::adapter::{Adapter, LocalAdapter};
 use crate::apps::AppStore;
 use crate::cluster::Node;
 use crate::config::Config;
+use crate::feed::Feed;
 use crate::membership::{LocalMembership, Membership};
 use crate::metrics::Metrics;
 use crate::protocol::SocketId;
@@ -71,6 +72,8 @@ pub struct Context {
     pub webhooks: Webhooks,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The debug console's live records.
+    pub feed: Feed,
     /// The publish pipeline and offline subscriptions (over the store).
     pub publisher: Publisher,
     node: u64,
@@ -107,12 +110,14 @@ impl Context {
             None => Seams::local(&registry),
         };
         let config = Arc::new(config);
-        let webhooks = Webhooks::start(&tracker, shutdown.clone(), metrics.clone());
+        let feed = Feed::default();
+        let webhooks = Webhooks::start(&tracker, shutdown.clone(), metrics.clone(), feed.clone());
         let publisher = Publisher::new(
             storage.unwrap_or_else(Storage::in_memory),
             adapter.clone(),
             membership.clone(),
             webhooks.clone(),
+            feed.clone(),
             config.clone(),
         );
         Context {
@@ -125,6 +130,7 @@ impl Context {
             webhooks,
             publisher,
             metrics,
+            feed,
             shutdown,
             tracker,
             // Random per process so that socket ids from different nodes do not collide.

@@ -29,6 +29,7 @@
 //! - [`http`]: health checks and the signed HTTP API (warp).
 //! - [`webhooks`]: debounced, batched, signed webhook deliveries with retries.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`feed`]: the debug console's live records of an app, at no cost while none is open.
 //! - [`tls`]: the server certificate, reloaded when its files change.
 //! - [`reload`]: live app changes applied to sockets; SIGHUP reload of `[[apps]]`.
 //! - [`server`]: the listener, shared context and ordered shutdown.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod feed;
 pub mod http;
 pub mod membership;
 pub mod metrics;

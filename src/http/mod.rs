@@ -1,4 +1,5 @@
-//! The HTTP side: health checks and the signed Pusher HTTP API under `/apps/{app_id}/`.
+//! The HTTP side: health checks, the signed Pusher HTTP API under `/apps/{app_id}/`, and
+//! the debug console under `/console` (`console`).
 //!
 //! Owns: warp filters, request-body limits, signature checking at the door, dispatch to one
 //! handler per endpoint (`api`). Must not touch: business rules beyond calling the registry,
@@ -9,6 +10,7 @@
 //! each need the body, which warp hands out only once.
 
 mod api;
+mod console;
 mod error;
 
 use std::convert::Infallible;
@@ -33,6 +35,7 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
     // Shared behind one pointer: warp clones the filters for every request, and a clone of
     // the context itself is a dozen reference counts.
     let ctx = Arc::new(ctx);
+    let console = console::routes(ctx.clone());
     let with_ctx = warp::any().map(move || ctx.clone());
 
     let up = warp::path!("up")
@@ -146,6 +149,8 @@ pub fn routes(ctx: Context) -> impl Filter<Extract = (Response,), Error = Infall
         .or(api)
         .unify()
         .or(terminate_unprefixed)
+        .unify()
+        .or(console)
         .unify()
         .recover(error::recover)
         .unify()

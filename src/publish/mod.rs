@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::Adapter;
 use crate::apps::App;
 use crate::config::Config;
+use crate::feed::{Feed, Record};
 use crate::membership::Membership;
 use crate::membership::Unavailable;
 use crate::protocol::channel::is_cache;
@@ -169,6 +170,7 @@ pub struct Publisher {
     loaded: Arc<AtomicBool>,
     adapter: Arc<dyn Adapter>,
     webhooks: Webhooks,
+    feed: Feed,
     config: Arc<Config>,
 }
 
@@ -179,6 +181,7 @@ impl Publisher {
         adapter: Arc<dyn Adapter>,
         membership: Arc<dyn Membership>,
         webhooks: Webhooks,
+        feed: Feed,
         config: Arc<Config>,
     ) -> Publisher {
         let (lane, rx) = mpsc::unbounded_channel();
@@ -190,6 +193,7 @@ impl Publisher {
             loaded: Arc::new(AtomicBool::new(false)),
             adapter,
             webhooks,
+            feed,
             config,
         }
     }
@@ -320,6 +324,23 @@ impl Publisher {
         // Every publication is delivered; the first cluster error is reported after.
         let mut cut_off = None;
         for p in publications {
+            self.feed.emit(&app.id, || Record {
+                channel: Some(p.channel.clone()),
+                event: Some(p.event.clone()),
+                data: Some(match &p.data {
+                    Data::Text(text) => text.to_string(),
+                    Data::Raw(raw) => raw.get().to_string(),
+                }),
+                socket_id: p.sender.as_ref().map(|s| s.socket.clone()),
+                user_id: p
+                    .sender
+                    .as_ref()
+                    .and_then(|s| s.user_id.as_deref().map(str::to_string)),
+                ..Record::new(match p.sender {
+                    Some(_) => "client_event",
+                    None => "api_message",
+                })
+            });
             let user_id = p.sender.as_ref().and_then(|s| s.user_id.clone());
             let frame = Frame::from(match &p.data {
                 Data::Text(text) => message::channel_event(&p.event, &p.channel, text),

@@ -28,6 +28,7 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::apps::App;
 use crate::auth;
 use crate::context::Context;
+use crate::feed::Record;
 use crate::metrics::{AppMetrics, Ended};
 use crate::protocol::message::{self, PresenceMember, SigninUser};
 use crate::protocol::{
@@ -115,6 +116,10 @@ async fn start(
     }
     let stats = ctx.metrics.app(&app.id);
     stats.connected();
+    ctx.feed.emit(&app.id, || Record {
+        socket_id: Some(socket_id.to_string()),
+        ..Record::new("connected")
+    });
     // Shutdown asks every registered connection to close; one registered after that
     // finds the token cancelled instead.
     if ctx.shutdown.is_cancelled() {
@@ -764,6 +769,7 @@ impl Session {
                     .is_none();
                 if fresh {
                     self.report(&channel, &change, count);
+                    self.show("subscribed", &channel);
                 }
                 if kind.needs_auth() {
                     self.auth_deadline = None;
@@ -1012,6 +1018,7 @@ impl Session {
                 if let Ok((_, change)) = subscribed {
                     self.subscriptions.insert(channel.clone(), Some(user_id));
                     self.report(&channel, &change, count);
+                    self.show("subscribed", &channel);
                 }
             }
             Control::Unsubscribe { channel } => {
@@ -1033,6 +1040,20 @@ impl Session {
         if let Some(change) = change {
             self.report(channel, &change, count);
         }
+        self.show("unsubscribed", channel);
+    }
+
+    /// The debug console's record of a subscription change (built only while one watches).
+    fn show(&self, kind: &'static str, channel: &str) {
+        self.ctx.feed.emit(&self.app.id, || Record {
+            socket_id: Some(self.socket.clone()),
+            channel: Some(channel.to_string()),
+            user_id: self
+                .subscriptions
+                .get(channel)
+                .and_then(|u| u.as_deref().map(str::to_string)),
+            ..Record::new(kind)
+        });
     }
 
     /// Leaves every channel (presence members see `member_removed` where due).
@@ -1047,6 +1068,15 @@ impl Session {
         };
         self.stats.disconnected(how);
         self.cleanup().await;
+        // After the unsubscribes, as a console reads it.
+        self.ctx.feed.emit(&self.app.id, || Record {
+            socket_id: Some(self.socket.clone()),
+            detail: Some(match &end {
+                End::Close(close) => format!("{} {}", close.code, close.message),
+                End::Gone => "closed by the client".to_string(),
+            }),
+            ..Record::new("disconnected")
+        });
         let socket_id = self.socket_id();
         self.ctx
             .membership

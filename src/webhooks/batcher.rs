@@ -22,6 +22,8 @@ pub const BATCH_MAX: usize = 20;
 /// One POST to make.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The app it is for (the console's feed).
+    pub app_id: String,
     /// Target URL.
     pub url: String,
     /// The app's key (`X-Pusher-Key`).
@@ -95,6 +97,7 @@ impl Batcher {
                 .entry((app.id.clone(), i))
                 .or_insert_with(|| Batch {
                     delivery: Delivery {
+                        app_id: app.id.clone(),
                         url: hook.url.clone(),
                         key: app.key.clone(),
                         secret: app.secret.clone(),

@@ -23,6 +23,7 @@ pub use batcher::{
 
 use crate::apps::App;
 use crate::auth;
+use crate::feed::{Feed, Record};
 use crate::metrics::Metrics;
 use crate::registry::Change;
 
@@ -153,12 +154,52 @@ pub struct Webhooks {
     metrics: Arc<Metrics>,
 }
 
+/// Where a delivery's outcome is counted and shown.
+#[derive(Clone)]
+struct Report {
+    metrics: Arc<Metrics>,
+    feed: Feed,
+}
+
+impl Report {
+    /// The console's record of an attempt: the URL without its query or credentials (they
+    /// may hold a receiver's token), and the events' names.
+    fn show(&self, d: &Delivery, kind: &'static str, cause: Option<&str>) {
+        self.feed.emit(&d.app_id, || {
+            let names: Vec<&str> = d
+                .events
+                .iter()
+                .filter_map(|e| e.get("name").and_then(|n| n.as_str()))
+                .collect();
+            let url = match reqwest::Url::parse(&d.url) {
+                Ok(u) => format!(
+                    "{}://{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.path()
+                ),
+                Err(_) => String::new(),
+            };
+            let mut detail = format!("{url} [{}]", names.join(", "));
+            if let Some(cause) = cause {
+                detail.push_str(": ");
+                detail.push_str(cause);
+            }
+            Record {
+                detail: Some(detail),
+                ..Record::new(kind)
+            }
+        });
+    }
+}
+
 impl Webhooks {
     /// Starts the worker on `tracker`; it drains and stops after `shutdown`.
     pub fn start(
         tracker: &TaskTracker,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
+        feed: Feed,
     ) -> Webhooks {
         let (tx, rx) = mpsc::channel(QUEUE);
         let worker = Worker {
@@ -169,7 +210,10 @@ impl Webhooks {
                 .build()
                 .unwrap_or_default(),
             tracker: tracker.clone(),
-            metrics: metrics.clone(),
+            report: Report {
+                metrics: metrics.clone(),
+                feed,
+            },
             shutdown: shutdown.clone(),
         };
         tracker.spawn(worker.run());
@@ -235,7 +279,7 @@ struct Worker {
     batcher: Batcher,
     client: reqwest::Client,
     tracker: TaskTracker,
-    metrics: Arc<Metrics>,
+    report: Report,
     shutdown: CancellationToken,
 }
 
@@ -270,9 +314,9 @@ impl Worker {
     fn send(&self, deliveries: Vec<Delivery>) {
         for d in deliveries {
             let client = self.client.clone();
-            let metrics = self.metrics.clone();
+            let report = self.report.clone();
             let shutdown = self.shutdown.clone();
-            self.tracker.spawn(deliver(client, d, metrics, shutdown));
+            self.tracker.spawn(deliver(client, d, report, shutdown));
         }
     }
 }
@@ -296,9 +340,10 @@ const SHUTDOWN_RETRY: Duration = Duration::from_millis(250);
 async fn deliver(
     client: reqwest::Client,
     d: Delivery,
-    metrics: Arc<Metrics>,
+    report: Report,
     shutdown: CancellationToken,
 ) {
+    let metrics = &report.metrics;
     let started = Instant::now();
     let mut attempt = 0;
     loop {
@@ -317,19 +362,23 @@ async fn deliver(
         let problem = match result {
             Ok(res) if res.status().is_success() => {
                 metrics.webhook_sent();
+                report.show(&d, "webhook_sent", None);
                 return;
             }
             Ok(res) => format!("status {}", res.status()),
-            Err(err) => err.to_string(),
+            // The URL is logged beside it; the console shows it without its query.
+            Err(err) => err.without_url().to_string(),
         };
         let wait = backoff(attempt);
         if started.elapsed() + wait > RETRY_WINDOW {
             metrics.webhook_given_up();
+            report.show(&d, "webhook_given_up", Some(&problem));
             tracing::error!(url = %d.url, events = d.events.len(), attempts = attempt, cause = %problem,
                             "webhook given up after retrying for 5 minutes");
             return;
         }
         metrics.webhook_failed();
+        report.show(&d, "webhook_failed", Some(&problem));
         tracing::warn!(url = %d.url, attempt, cause = %problem, retry_in = ?wait, "webhook failed");
         if shutdown.is_cancelled() {
             sleep(SHUTDOWN_RETRY).await;
