@@ -7,19 +7,21 @@
 //! Costs:
 //! - Nobody watching anywhere: one relaxed atomic load per would-be record, and nothing is
 //!   built (callers pass a closure).
-//! - Watching: a record is serialized once and shared (`Arc<str>`) by every console of the
+//! - Watching: a lookup in a sharded map (no lock shared by all apps); a record is
+//!   serialized once and shared (`Arc<str>`) by every console of the
 //!   app. Each app has one broadcast ring of [`RING`] records; a console that falls that far
 //!   behind (a slow browser) is dropped, never buffered for.
 //! - In a cluster, records go to other nodes only for apps a console elsewhere watches (they
 //!   announce it every few seconds), through a bounded queue that drops when Redis is slow.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 /// Records one app's ring holds for its slowest console.
 pub const RING: usize = 512;
@@ -103,10 +105,13 @@ impl Watched {
 struct Inner {
     /// Apps watched (locally or from another node): zero means nothing is recorded.
     watched: AtomicUsize,
-    apps: Mutex<HashMap<String, Watched>>,
+    /// Sharded: consoles of one app never contend with another app's records.
+    apps: DashMap<String, Watched>,
     node: OnceLock<String>,
     /// Records for other nodes: (app, JSON).
     outbox: OnceLock<mpsc::Sender<(String, Arc<str>)>>,
+    /// Told when a console opens or closes on this node (the cluster bridge follows).
+    changed: Notify,
 }
 
 /// The feed; cheap to clone.
@@ -126,20 +131,40 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut apps = self.feed.lock();
-        if let Some(w) = apps.get_mut(&self.app) {
+        let apps = &self.feed.inner.apps;
+        if let Some(mut w) = apps.get_mut(&self.app) {
             w.local -= 1;
-            if w.local == 0 && !w.remote(Instant::now()) {
-                apps.remove(&self.app);
-                self.feed.inner.watched.fetch_sub(1, Ordering::Relaxed);
-            }
         }
+        self.feed.forget_if_unwatched(&self.app, Instant::now());
+        self.feed.inner.changed.notify_one();
     }
 }
 
 impl Feed {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
-        self.inner.apps.lock().unwrap_or_else(|e| e.into_inner())
+    /// Removes `app` when no console watches it any more, here or elsewhere.
+    fn forget_if_unwatched(&self, app: &str, now: Instant) {
+        let gone = self
+            .inner
+            .apps
+            .remove_if(app, |_, w| w.local == 0 && !w.remote(now));
+        if gone.is_some() {
+            self.inner.watched.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops other nodes' announcements that ran out (their consoles closed).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .inner
+            .apps
+            .iter()
+            .filter(|w| w.local == 0 && !w.remote(now))
+            .map(|w| w.key().clone())
+            .collect();
+        for app in expired {
+            self.forget_if_unwatched(&app, now);
+        }
     }
 
     /// Names this node in its records, and sends records other nodes watch to `outbox`
@@ -157,58 +182,64 @@ impl Feed {
 
     /// Opens a console on `app`.
     pub fn watch(&self, app: &str) -> Watch {
-        let mut apps = self.lock();
-        let w = apps.entry(app.to_string()).or_insert_with(|| {
-            self.inner.watched.fetch_add(1, Ordering::Relaxed);
-            Watched::new()
-        });
-        w.local += 1;
+        let records = {
+            let mut w = self.inner.apps.entry(app.to_string()).or_insert_with(|| {
+                self.inner.watched.fetch_add(1, Ordering::Relaxed);
+                Watched::new()
+            });
+            w.local += 1;
+            w.ring.subscribe()
+        };
+        self.inner.changed.notify_one();
         Watch {
             feed: self.clone(),
             app: app.to_string(),
-            records: w.ring.subscribe(),
+            records,
         }
+    }
+
+    /// Resolves when a console opened or closed on this node since the last call.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
     }
 
     /// Apps with a console open on this node (for the cluster bridge's announcements).
     pub fn watched_here(&self) -> Vec<String> {
-        self.lock()
+        self.inner
+            .apps
             .iter()
-            .filter(|(_, w)| w.local > 0)
-            .map(|(app, _)| app.clone())
+            .filter(|w| w.local > 0)
+            .map(|w| w.key().clone())
             .collect()
     }
 
     /// Whether a console on this node watches `app`.
     pub fn is_watched_here(&self, app: &str) -> bool {
         self.inner.watched.load(Ordering::Relaxed) != 0
-            && self.lock().get(app).is_some_and(|w| w.local > 0)
+            && self.inner.apps.get(app).is_some_and(|w| w.local > 0)
+    }
+
+    /// Whether a console anywhere (this node, or another that announced it) watches `app`.
+    pub fn is_watched(&self, app: &str) -> bool {
+        let now = Instant::now();
+        self.inner
+            .apps
+            .get(app)
+            .is_some_and(|w| w.local > 0 || w.remote(now))
     }
 
     /// Another node announced a console on `app`: its records go there for a while.
     pub fn remote_watch(&self, app: &str) {
-        let now = Instant::now();
-        let mut apps = self.lock();
-        // Expired announcements are swept here, where they are renewed.
-        let expired: Vec<String> = apps
-            .iter()
-            .filter(|(a, w)| w.local == 0 && !w.remote(now) && a.as_str() != app)
-            .map(|(a, _)| a.clone())
-            .collect();
-        for a in expired {
-            apps.remove(&a);
-            self.inner.watched.fetch_sub(1, Ordering::Relaxed);
-        }
-        let w = apps.entry(app.to_string()).or_insert_with(|| {
+        let mut w = self.inner.apps.entry(app.to_string()).or_insert_with(|| {
             self.inner.watched.fetch_add(1, Ordering::Relaxed);
             Watched::new()
         });
-        w.remote_until = Some(now + REMOTE_WATCH);
+        w.remote_until = Some(Instant::now() + REMOTE_WATCH);
     }
 
     /// A record from another node, for this node's consoles.
     pub fn from_remote(&self, app: &str, json: Arc<str>) {
-        if let Some(w) = self.lock().get(app) {
+        if let Some(w) = self.inner.apps.get(app) {
             if w.local > 0 {
                 let _ = w.ring.send(json);
             }
@@ -221,11 +252,12 @@ impl Feed {
         if self.inner.watched.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let (local, remote) = match self.lock().get(app) {
+        let (local, remote) = match self.inner.apps.get(app) {
             Some(w) => (w.local > 0, w.remote(Instant::now())),
             None => return,
         };
         if !local && !remote {
+            self.forget_if_unwatched(app, Instant::now());
             return;
         }
         let mut record = make();
@@ -243,7 +275,7 @@ impl Feed {
             }
         }
         if local {
-            if let Some(w) = self.lock().get(app) {
+            if let Some(w) = self.inner.apps.get(app) {
                 let _ = w.ring.send(json);
             }
         }

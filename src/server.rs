@@ -113,6 +113,7 @@ impl ServerBuilder {
         );
         if let Some(node) = &ctx.cluster {
             node.attach_publisher(ctx.publisher.clone());
+            node.attach_feed(ctx.feed.clone(), ctx.shutdown.clone());
         }
         if let Some(rx) = transitions {
             tokio::spawn(report_transitions(rx, ctx.clone()));

@@ -2,7 +2,8 @@
 //! answer for a wrong secret and an unknown app); tokens bound to their app; the live feed
 //! (server-sent events) carrying connections, subscriptions, API publishes and client
 //! events as they happen; the event creator publishing through the API's pipeline; a
-//! console that does not read is dropped, not buffered for.
+//! console that does not read is dropped, not buffered for; in a cluster, a console on one
+//! node sees what happens on the others.
 
 mod support;
 
@@ -331,4 +332,64 @@ async fn a_console_that_does_not_read_is_dropped() {
         )
         .await;
     assert_eq!(fresh.record("api_message").await["event"], "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_console_sees_every_node() {
+    let redis = support::redis::RedisServer::start();
+    let overrides = format!(
+        "[cluster]\nredis_url = \"{}\"\nnode_timeout = 3\ncommand_timeout = 1\n{ON}",
+        redis.url()
+    );
+    let a = TestServer::start_with(&overrides).await;
+    let b = TestServer::start_with(&overrides).await;
+    // Nobody watches: no node records anything.
+    assert!(!b.ctx.feed.is_watched(APP_ID));
+    // Logged in on A, the token works on B too (signed with the app secret, not a session).
+    let token = token(&a).await;
+    let mut feed = Feed::open(&a, APP_ID, &token).await;
+    support::wait_until("node B learns of the console on A", TIMEOUT, || {
+        b.ctx.feed.is_watched(APP_ID)
+    })
+    .await;
+
+    let mut client = b.connect().await;
+    let r = feed.record("connected").await;
+    assert_eq!(r["socket_id"], client.socket_id.as_str());
+    let node_b = b.ctx.cluster.as_ref().unwrap().id().to_string();
+    assert_eq!(r["node"], node_b.as_str(), "the record names the node");
+
+    let channel = support::unique("private-cluster-console");
+    client.subscribe_private(&channel).await;
+    assert_eq!(feed.record("subscribed").await["channel"], channel.as_str());
+    let res = b
+        .api()
+        .post(
+            "events",
+            &json!({"name": "on-b", "channel": channel, "data": "1"}),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let r = feed.record("api_message").await;
+    assert_eq!(
+        (r["event"].as_str(), r["node"].as_str()),
+        (Some("on-b"), Some(node_b.as_str()))
+    );
+
+    // The event creator on A reaches the client on B.
+    let res = reqwest::Client::new()
+        .post(a.http_url(&format!("/console/apps/{APP_ID}/events")))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&json!({"name": "from-console", "channel": channel, "data": "2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(client.recv_event("on-b").await["data"], "1");
+    assert_eq!(client.recv_event("from-console").await["data"], "2");
+    // Its record comes from A itself.
+    let r = feed.record("api_message").await;
+    assert_eq!(r["event"], "from-console");
+    let node_a = a.ctx.cluster.as_ref().unwrap().id().to_string();
+    assert_eq!(r["node"], node_a.as_str());
 }

@@ -7,6 +7,8 @@
 //! A presence channel's topic also carries peer pairs formed or ended for one member:
 //! `a␀␀user␀peer-channel␀frame` (added) and `r␀␀user␀peer-channel␀frame` (removed); the
 //! member's sockets get the frame and are subscribed to (or unsubscribed from) the pair.
+//! `P:cw` carries `origin␀app` (a console on that node watches the app) and `P:c:A` carries
+//! `origin␀record` (one debug-console record of app A, JSON).
 //! An app's topic `P:a:A` carries `on␀␀user`, `off␀␀user` (watchlists) and
 //! `term␀origin␀user` (`terminate_connections`).
 //!
@@ -24,6 +26,10 @@ pub(crate) enum Topic {
     App(String),
     /// Offline (un)subscriptions, for every node's index.
     Offline,
+    /// Which apps a debug console watches, announced by the nodes that have one open.
+    ConsoleWatch,
+    /// One app's debug console records, for the nodes that have a console open on it.
+    Console(String),
 }
 
 impl Topic {
@@ -33,6 +39,8 @@ impl Topic {
             Topic::Channel(app, channel) => format!("{prefix}:m:{app}:{channel}"),
             Topic::App(app) => format!("{prefix}:a:{app}"),
             Topic::Offline => format!("{prefix}:s"),
+            Topic::ConsoleWatch => format!("{prefix}:cw"),
+            Topic::Console(app) => format!("{prefix}:c:{app}"),
         }
     }
 
@@ -46,6 +54,12 @@ impl Topic {
         }
         if rest == "s" {
             return Some(Topic::Offline);
+        }
+        if rest == "cw" {
+            return Some(Topic::ConsoleWatch);
+        }
+        if let Some(app) = rest.strip_prefix("c:") {
+            return Some(Topic::Console(app.to_string()));
         }
         rest.strip_prefix("a:")
             .map(|app| Topic::App(app.to_string()))
@@ -295,6 +309,12 @@ mod tests {
         }
         assert_eq!(OfflineNotice::parse(b"s\0n\0x"), None);
         assert_eq!(Topic::parse("p", "p:s"), Some(Topic::Offline));
+        assert_eq!(Topic::parse("p", "p:cw"), Some(Topic::ConsoleWatch));
+        assert_eq!(
+            Topic::parse("p", "p:c:a:1"),
+            Some(Topic::Console("a:1".into()))
+        );
+        assert_eq!(Topic::Console("7".into()).name("p"), "p:c:7");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 mod adapter;
 mod calls;
+mod console;
 mod envelope;
 mod membership;
 mod resync;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapter::terminate_local;
 use crate::config::{redact_uri, ClusterConfig};
+use crate::feed::Feed;
 use crate::membership::Unavailable;
 use crate::protocol::{message, peer_channel};
 use crate::publish::Publisher;
@@ -156,6 +158,8 @@ pub struct Node {
     /// The node's publish pipeline, whose offline-subscription index other nodes' changes
     /// update (set once the server is built).
     publisher: OnceLock<Publisher>,
+    /// The debug console's feed, whose records cross nodes (set once the server is built).
+    feed: OnceLock<Feed>,
     /// Wakes the supervisor to re-assert the node's state (a command failed).
     repair: tokio::sync::Notify,
     /// Redis lost the node's state: the next re-assert re-sends presence members.
@@ -230,6 +234,7 @@ impl Node {
             gate: RwLock::new(()),
             transitions,
             publisher: OnceLock::new(),
+            feed: OnceLock::new(),
             repair: tokio::sync::Notify::new(),
             lost: AtomicBool::new(false),
         });
@@ -340,7 +345,10 @@ impl Node {
 
     /// Every topic the registry needs now.
     fn wanted_topics(&self) -> Vec<Topic> {
-        let mut topics = vec![Topic::Offline];
+        let mut topics = vec![Topic::Offline, Topic::ConsoleWatch];
+        if let Some(feed) = self.feed.get() {
+            topics.extend(feed.watched_here().into_iter().map(Topic::Console));
+        }
         for app in self.registry.snapshot() {
             let channels: HashSet<&str> = app
                 .subscriptions
@@ -576,7 +584,8 @@ impl Node {
             let needed = match &want.topic {
                 Topic::Channel(app, channel) => self.registry.has_subscribers(app, channel),
                 Topic::App(app) => self.registry.has_connections(app),
-                Topic::Offline => true,
+                Topic::Offline | Topic::ConsoleWatch => true,
+                Topic::Console(app) => self.feed.get().is_some_and(|f| f.is_watched_here(app)),
             };
             if needed && subscribed.insert(name.clone()) {
                 add.push(name);
@@ -669,6 +678,16 @@ impl Node {
                         .query_async(&mut conn)
                         .await;
                 });
+            }
+            Topic::ConsoleWatch => {
+                if let (Some(feed), Some(app)) = (self.feed.get(), self.others(payload)) {
+                    feed.remote_watch(app);
+                }
+            }
+            Topic::Console(app) => {
+                if let (Some(feed), Some(record)) = (self.feed.get(), self.others(payload)) {
+                    feed.from_remote(&app, Arc::from(record));
+                }
             }
             Topic::App(app) => match AppNotice::parse(payload) {
                 Some(AppNotice::Online(user)) => self.registry.notify_watchers(&app, &user, true),
