@@ -882,6 +882,25 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_off_by_default_and_its_section_fails_closed() {
+        assert!(!from_toml("").unwrap().console.enabled);
+        assert!(
+            from_toml("[console]\nenabled = true\n")
+                .unwrap()
+                .console
+                .enabled
+        );
+        let err = from_toml("[console]\nenable = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable"), "{err}");
+        let err = from_toml("[console]\nenabled = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enabled"), "{err}");
+    }
+
+    #[test]
     fn log_format_is_text_or_json() {
         assert_eq!(from_toml("").unwrap().log.format, LogFormat::Text);
         let json = from_toml("[log]\nformat = \"json\"\n").unwrap();
