@@ -354,6 +354,17 @@ async fn in_a_cluster_a_console_sees_every_node() {
     .await;
 
     let mut client = b.connect().await;
+    // A's state counts B's connection.
+    let state: Value = reqwest::Client::new()
+        .get(a.http_url(&format!("/console/apps/{APP_ID}/state")))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["connections"], 1, "{state}");
     let r = feed.record("connected").await;
     assert_eq!(r["socket_id"], client.socket_id.as_str());
     let node_b = b.ctx.cluster.as_ref().unwrap().id().to_string();

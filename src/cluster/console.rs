@@ -33,6 +33,23 @@ impl Node {
         tokio::spawn(self.clone().follow_consoles(feed, shutdown));
     }
 
+    /// The app's connections on every node (the counts `max_connections` is checked
+    /// against); `None` while Redis does not answer.
+    pub async fn connection_count(&self, app: &str) -> Option<usize> {
+        let key = format!("{}:{app}:conns", self.prefix);
+        let timeout = Duration::from_secs(self.config.command_timeout);
+        let counts: Vec<i64> = tokio::time::timeout(
+            timeout,
+            redis::cmd("HVALS")
+                .arg(key)
+                .query_async(&mut self.conn.clone()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(counts.iter().sum::<i64>().max(0) as usize)
+    }
+
     /// `origin␀rest` from another node: `rest`, or `None` for this node's own messages.
     pub(super) fn others<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
         let text = std::str::from_utf8(payload).ok()?;

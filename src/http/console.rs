@@ -225,8 +225,8 @@ fn denied() -> Response {
     )
 }
 
-/// The app as it is now: connections on this node, occupied channels cluster-wide with
-/// their subscriber and presence-user counts.
+/// The app as it is now: its connections and occupied channels (with their subscriber
+/// and presence-user counts), cluster-wide in a cluster.
 async fn state(ctx: &Context, app: &App) -> Response {
     let channels = match ctx.membership.channels(&app.id).await {
         Ok(channels) => channels,
@@ -244,12 +244,24 @@ async fn state(ctx: &Context, app: &App) -> Response {
         })
         .collect();
     list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let connections = match &ctx.cluster {
+        Some(node) => match node.connection_count(&app.id).await {
+            Some(n) => n,
+            None => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The cluster's Redis does not answer: connection counts are unavailable",
+                )
+            }
+        },
+        None => ctx.registry.connection_count(&app.id),
+    };
     warp::reply::json(&json!({
         "app_id": app.id,
         "enabled": app.enabled,
         "client_events": app.client_events,
         "node": ctx.cluster.as_ref().map(|n| n.id().to_string()),
-        "connections": ctx.registry.connection_count(&app.id),
+        "connections": connections,
         "channels": list,
     }))
     .into_response()
