@@ -66,6 +66,21 @@ async function openConsole() {
   await page.click('#login button[type=submit]');
   // Live: the feed's stream is open.
   await page.waitForFunction(() => document.getElementById('live').textContent === 'live', { timeout: WAIT_MS });
+  // In a cluster node B sends records once it has heard of the console on A (announced
+  // through Redis right after it opened): publish probes on B until one shows.
+  const sdk = serverSdk(MAIN, { port: PORT_B });
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const probe = uniq('console-probe');
+    await sdk.trigger(uniq('probe'), probe, {});
+    const seen = await page
+      .waitForSelector(`#log tr[data-event="${probe}"]`, { timeout: 300 })
+      .then(() => true)
+      .catch(() => false);
+    if (seen) break;
+    assert.ok(Date.now() < deadline, 'the console shows what node B publishes');
+  }
+  await page.click('#clear');
   return { page, errors };
 }
 
