@@ -16,12 +16,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::storage::now_ms;
 
 /// Records one app's ring holds for its slowest console.
 pub const RING: usize = 512;
@@ -69,10 +70,7 @@ impl Record {
     pub fn new(kind: &'static str) -> Record {
         Record {
             kind,
-            time_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            time_ms: now_ms(),
             ..Record::default()
         }
     }
@@ -252,12 +250,15 @@ impl Feed {
         if self.inner.watched.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let (local, remote) = match self.inner.apps.get(app) {
-            Some(w) => (w.local > 0, w.remote(Instant::now())),
-            None => return,
+        let Some(w) = self.inner.apps.get(app) else {
+            return;
         };
+        let now = Instant::now();
+        let (local, remote) = (w.local > 0, w.remote(now));
         if !local && !remote {
-            self.forget_if_unwatched(app, Instant::now());
+            // Released first: forgetting takes the shard for writing.
+            drop(w);
+            self.forget_if_unwatched(app, now);
             return;
         }
         let mut record = make();
@@ -275,9 +276,7 @@ impl Feed {
             }
         }
         if local {
-            if let Some(w) = self.inner.apps.get(app) {
-                let _ = w.ring.send(json);
-            }
+            let _ = w.ring.send(json);
         }
     }
 }

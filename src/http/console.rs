@@ -15,7 +15,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
@@ -164,10 +164,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::storage::now_ms() / 1000
 }
 
 #[derive(Deserialize)]
